@@ -1,0 +1,312 @@
+"""Local stand-ins for the cloud: Docker engine, registry, Azurite — started on loopback only.
+
+`make up` and the test harness start the same components through this one module, so what the tests
+prove is what users run. Each component keeps its pid file, log and data under one state folder and is
+stopped by killing its process group (its children must not outlive it).
+
+Expensive, reusable things (Azurite's npm install, the debootstrapped base image tarball) are cached
+under ``~/.cache/modelship`` so a fresh clone on a used machine does not pay for them twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CACHE_DIR = Path(os.environ.get("MODELSHIP_CACHE", Path.home() / ".cache" / "modelship"))
+AZURITE_VERSION = "3.37.0"
+# Azurite's well-known development account: public, documented by Microsoft, valid only on Azurite.
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+BASE_IMAGE = "local/python-base:bookworm"
+
+
+class StackError(RuntimeError):
+    """A local component could not be installed or started; the message says which and why."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_for(check, what: str, timeout: float = 60.0, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    tail = ""
+    if log and log.exists():
+        tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+    raise StackError(f"{what} did not become ready within {timeout:.0f}s{tail}")
+
+
+@dataclass
+class Process:
+    """One background server: started in its own session, tracked by a pid file."""
+
+    name: str
+    state_dir: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=cwd,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,  # own process group: stop() kills children too
+            )
+        self.pid_file.write_text(str(proc.pid))
+        return proc.pid
+
+    def stop(self, timeout: float = 20.0) -> None:
+        pid = self.pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.2)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); /proc tells the truth.
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    return False
+
+
+@dataclass
+class Azurite:
+    """The real Azure Storage emulator (blob service only), from npm, telemetry off."""
+
+    state_dir: Path
+    port: int = 10000
+    proc: Process = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.proc = Process("azurite", self.state_dir)
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT};"
+        )
+
+    @staticmethod
+    def install() -> Path:
+        home = CACHE_DIR / "azurite"
+        binary = home / "node_modules" / ".bin" / "azurite-blob"
+        if not binary.exists():
+            if not shutil.which("npm"):
+                raise StackError("npm is not installed: run `make up` (it installs nodejs and npm)")
+            home.mkdir(parents=True, exist_ok=True)
+            subprocess.run(
+                ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(home), f"azurite@{AZURITE_VERSION}"],
+                check=True,
+                capture_output=True,
+            )
+        return binary
+
+    def start(self) -> None:
+        if self.proc.pid():
+            return
+        binary = self.install()
+        data = self.state_dir / "azurite-data"
+        data.mkdir(parents=True, exist_ok=True)
+        self.proc.spawn([
+            str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location", str(data),
+            "--skipApiVersionCheck", "--disableTelemetry", "--silent",
+        ])  # fmt: skip
+        wait_for(lambda: port_open(self.port), f"Azurite on 127.0.0.1:{self.port}", log=self.proc.log_file)
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+@dataclass
+class Registry:
+    """Docker's Distribution registry (Debian's docker-registry) with htpasswd auth, on loopback."""
+
+    state_dir: Path
+    port: int = 5000
+    username: str = "modelship"
+    password: str = ""
+    proc: Process = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.proc = Process("registry", self.state_dir)
+        if not self.password:
+            # A random password per state folder, kept there: never a default secret in code.
+            secret = self.state_dir / "registry.password"
+            if not secret.exists():
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+                secret.write_text(os.urandom(18).hex())
+                secret.chmod(0o600)
+            self.password = secret.read_text().strip()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        if self.proc.pid():
+            return
+        if not shutil.which("docker-registry") or not shutil.which("htpasswd"):
+            raise StackError("docker-registry/htpasswd missing: run `make up` (apt: docker-registry apache2-utils)")
+        htpasswd = self.state_dir / "registry.htpasswd"
+        line = subprocess.run(
+            ["htpasswd", "-Bbn", self.username, self.password], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        htpasswd.write_text(line + "\n")
+        config = self.state_dir / "registry.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log: {level: warn}\n"
+            f"storage:\n  filesystem: {{rootdirectory: {self.state_dir / 'registry-data'}}}\n"
+            "  delete: {enabled: true}\n"
+            f"http:\n  addr: {self.address}\n"
+            f"auth:\n  htpasswd: {{realm: modelship, path: {htpasswd}}}\n"
+        )
+        self.proc.spawn(["docker-registry", "serve", str(config)])
+        wait_for(lambda: port_open(self.port), f"registry on {self.address}", log=self.proc.log_file)
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+@dataclass
+class DockerEngine:
+    """dockerd with no bridge and no iptables: containers and builds use the host (loopback) network."""
+
+    state_dir: Path
+    proc: Process = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.proc = Process("dockerd", self.state_dir)
+
+    @property
+    def socket(self) -> Path:
+        return self.state_dir / "docker.sock"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def _exec_root(self) -> Path:
+        # containerd's socket lives under exec-root; unix socket paths must stay short (< 108 bytes).
+        digest = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:10]
+        return Path("/run") / f"modelship-{digest}"
+
+    def ping(self) -> bool:
+        if not self.socket.exists():
+            return False
+        import docker
+
+        try:
+            docker.APIClient(base_url=self.url, timeout=3).ping()
+        except Exception:
+            return False
+        return True
+
+    def start(self) -> None:
+        if self.proc.pid() and self.ping():
+            return
+        if not shutil.which("dockerd"):
+            raise StackError("dockerd is not installed: run `make up` (apt: docker.io)")
+        self.proc.spawn([
+            "dockerd", "--bridge=none", "--iptables=false", "--ip6tables=false",
+            "--data-root", str(self.state_dir / "docker-data"), "--exec-root", str(self._exec_root()),
+            "--pidfile", str(self.state_dir / "dockerd.internal.pid"), "-H", self.url, "--log-level", "warn",
+        ])  # fmt: skip
+        wait_for(self.ping, "Docker engine", timeout=90, log=self.proc.log_file)
+
+    def stop(self) -> None:
+        self.proc.stop(timeout=30)
+        (self.state_dir / "dockerd.internal.pid").unlink(missing_ok=True)
+
+    def ensure_base_image(self, name: str = BASE_IMAGE) -> str:
+        """Import a debootstrapped Debian with python3 as the base image (no registry can be pulled from)."""
+        import docker
+
+        client = docker.DockerClient(base_url=self.url)
+        try:
+            client.images.get(name)
+            return name
+        except docker.errors.ImageNotFound:
+            pass
+        tarball = build_base_rootfs()
+        repository, tag = name.split(":")
+        client.api.import_image_from_file(str(tarball), repository=repository, tag=tag)
+        client.images.get(name)
+        return name
+
+
+def build_base_rootfs() -> Path:
+    """A minimal Debian bookworm root filesystem with python3 + venv, cached once per machine."""
+    out = CACHE_DIR / "base" / "rootfs.tar"
+    if out.exists():
+        return out
+    if not shutil.which("mmdebstrap"):
+        raise StackError("mmdebstrap is not installed: run `make up` (apt: mmdebstrap)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tar.tmp")
+    subprocess.run(
+        ["mmdebstrap", "--format=tar", "--variant=minbase", "--include=python3,python3-venv,ca-certificates", "bookworm", str(tmp)],
+        check=True,
+        capture_output=True,
+    )
+    tmp.rename(out)
+    return out

@@ -1,0 +1,79 @@
+"""Defaults and connection ids, in one place.
+
+Every value can be overridden by an environment variable (the name is next to it). Credentials are
+never settings: they live in Airflow connections, and only the connection *ids* are named here.
+Values are read when a task runs (``get()``), never at DAG-parse time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Connection ids (documented in README "Connections").
+    wasb_conn_id: str  # MODELSHIP_WASB_CONN_ID: Azure Blob Storage (conn type wasb)
+    registry_conn_id: str  # MODELSHIP_REGISTRY_CONN_ID: container registry (conn type docker)
+    kube_conn_id: str  # MODELSHIP_KUBE_CONN_ID: Kubernetes cluster (conn type kubernetes)
+
+    # Model store: "local:/abs/path" or "wasb:<container>" (through wasb_conn_id).
+    model_store: str  # MODELSHIP_MODEL_STORE
+    model_name: str  # MODELSHIP_MODEL_NAME
+    model_alias: str  # MODELSHIP_MODEL_ALIAS: the alias CI builds from and model_refresh promotes
+
+    # Source and build.
+    source_repo: str  # MODELSHIP_SOURCE_REPO: a git URL or path; default this project's own repository
+    source_branch: str  # MODELSHIP_SOURCE_BRANCH
+    image_repository: str  # MODELSHIP_IMAGE_REPOSITORY: repository path inside the registry
+    base_image: str  # MODELSHIP_BASE_IMAGE: python:3.11-slim where it can be pulled
+    docker_host: str  # MODELSHIP_DOCKER_HOST (else DOCKER_HOST): the engine that builds and runs
+
+    # Release.
+    deploy_target: str  # MODELSHIP_DEPLOY_TARGET: "docker" (one host) or "kubernetes"
+    release_schedule: str  # MODELSHIP_RELEASE_SCHEDULE: cron, nightly by default
+    docker_deploy_port: int  # MODELSHIP_DOCKER_DEPLOY_PORT: where the docker target serves the app
+    kube_namespace: str  # MODELSHIP_KUBE_NAMESPACE
+    kube_overlay: str  # MODELSHIP_KUBE_OVERLAY: k8s/overlays/<name>
+
+    # Local state: per-run workspaces, caches (model cache, wheelhouse, test environments).
+    state_dir: Path  # MODELSHIP_STATE
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.state_dir / "cache"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.state_dir / "work"
+
+    @classmethod
+    def get(cls) -> Settings:
+        state = Path(_env("MODELSHIP_STATE", str(REPO_ROOT / ".state")))
+        return cls(
+            wasb_conn_id=_env("MODELSHIP_WASB_CONN_ID", "modelship_blob"),
+            registry_conn_id=_env("MODELSHIP_REGISTRY_CONN_ID", "modelship_registry"),
+            kube_conn_id=_env("MODELSHIP_KUBE_CONN_ID", "modelship_kubernetes"),
+            model_store=_env("MODELSHIP_MODEL_STORE", f"local:{state / 'models'}"),
+            model_name=_env("MODELSHIP_MODEL_NAME", "digits"),
+            model_alias=_env("MODELSHIP_MODEL_ALIAS", "production"),
+            source_repo=_env("MODELSHIP_SOURCE_REPO", str(REPO_ROOT)),
+            source_branch=_env("MODELSHIP_SOURCE_BRANCH", "main"),
+            image_repository=_env("MODELSHIP_IMAGE_REPOSITORY", "modelship/digits-app"),
+            base_image=_env("MODELSHIP_BASE_IMAGE", "python:3.11-slim"),
+            docker_host=_env("MODELSHIP_DOCKER_HOST", _env("DOCKER_HOST", "unix:///var/run/docker.sock")),
+            deploy_target=_env("MODELSHIP_DEPLOY_TARGET", "docker"),
+            release_schedule=_env("MODELSHIP_RELEASE_SCHEDULE", "0 2 * * *"),
+            docker_deploy_port=int(_env("MODELSHIP_DOCKER_DEPLOY_PORT", "8000")),
+            kube_namespace=_env("MODELSHIP_KUBE_NAMESPACE", "modelship"),
+            kube_overlay=_env("MODELSHIP_KUBE_OVERLAY", "aks"),
+            state_dir=state,
+        )

@@ -1,0 +1,79 @@
+"""The test harness: real components on loopback, started once per session and always stopped.
+
+Each fixture starts the same component `make up` starts (modelship.localstack), on a free port and in a
+private state folder, so tests never touch a developer's running stack. A component that cannot run here
+makes its tests fail loudly rather than skip quietly: in CI everything the suite needs is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelship import localstack
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def azurite(stack_dir: Path) -> Iterator[localstack.Azurite]:
+    """Real Azurite; tests may stop() and start() it again (its data survives)."""
+    server = localstack.Azurite(stack_dir / "azurite", port=localstack.free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry(stack_dir: Path) -> Iterator[localstack.Registry]:
+    """Real Distribution registry with htpasswd auth (random password)."""
+    server = localstack.Registry(stack_dir / "registry", port=localstack.free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_engine(stack_dir: Path) -> Iterator[localstack.DockerEngine]:
+    """A private dockerd (no bridge, host network only) with the local base image imported."""
+    engine = localstack.DockerEngine(stack_dir / "docker")
+    engine.start()
+    try:
+        engine.ensure_base_image()
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_client(docker_engine: localstack.DockerEngine):
+    import docker
+
+    client = docker.DockerClient(base_url=docker_engine.url, timeout=300)
+    yield client
+    client.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Airflow reads its configuration at import: point it at a private home before any test imports it.
+    # A fresh home per session (SQLite), never a developer's ~/airflow or the `make up` stack's.
+    if "MODELSHIP_TEST_AIRFLOW_HOME" not in os.environ:
+        os.environ["MODELSHIP_TEST_AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="modelship-airflow-")
+    os.environ["AIRFLOW_HOME"] = os.environ["MODELSHIP_TEST_AIRFLOW_HOME"]
+    os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
+    os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(REPO / "plugins"))
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
