@@ -1,0 +1,34 @@
+# modelship: CI/CD for AI applications on Apache Airflow 3.
+#   make up     install what is missing, start the local stack and Airflow on 127.0.0.1:8080
+#   make down   stop everything `make up` started
+#   make test   the whole test suite (it starts the real components it needs itself)
+SHELL := /bin/bash
+PY := .venv/bin/python
+
+.PHONY: up down status test lint bootstrap lock
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+up: bootstrap
+	@$(PY) -m modelship.stack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m modelship.stack down; fi
+
+status:
+	@$(PY) -m modelship.stack status
+
+lint: bootstrap
+	.venv/bin/ruff check .
+
+test: bootstrap lint
+	.venv/bin/pytest $(PYTEST_ARGS)
+
+# Re-resolve requirements.in into the fully pinned requirements.txt (needs PyPI).
+lock:
+	rm -rf .state/lock-venv && python3 -m venv .state/lock-venv
+	.state/lock-venv/bin/pip install -q -r requirements.in
+	{ echo "# Generated from requirements.in by 'make lock' (pip freeze of a fresh venv). Do not edit by hand."; \
+	  .state/lock-venv/bin/pip freeze; } > requirements.txt
+	rm -rf .state/lock-venv

@@ -1,0 +1,81 @@
+"""Run the application's own tests for a checkout, in an isolated and cached environment.
+
+The environment is a venv built from the checkout's app/requirements.txt and app/requirements-test.txt,
+keyed by the sha256 of both files: a commit that changes no requirement reuses it (seconds, not
+minutes); one that does gets its own. Airflow's environment is never used for app code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+REQUIREMENTS = ("app/requirements.txt", "app/requirements-test.txt")
+
+
+class AppTestsFailed(RuntimeError):
+    """The app's tests failed for this commit; the message carries pytest's summary."""
+
+
+def environment(checkout: Path, cache_dir: Path) -> Path:
+    """The venv for this checkout's requirements, created once (atomically) and reused."""
+    digest = hashlib.sha256()
+    for rel in REQUIREMENTS:
+        path = checkout / rel
+        if not path.exists():
+            raise AppTestsFailed(f"{rel} is missing in the checkout: cannot build the test environment")
+        digest.update(path.read_bytes())
+    venv = cache_dir / "testenv" / digest.hexdigest()[:16]
+    if (venv / ".complete").exists():
+        log.info("reusing the cached test environment %s", venv)
+        return venv
+    log.info("creating the test environment %s (first use of these requirements)", venv)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{venv.name}.", dir=venv.parent))
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True)
+        args = [str(tmp / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
+        for rel in REQUIREMENTS:
+            args += ["-r", str(checkout / rel)]
+        done = subprocess.run(args, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise AppTestsFailed(f"installing the test requirements failed:\n{done.stderr[-2000:]}")
+        (tmp / ".complete").touch()
+        # Renamed into place only when complete, so a broken install is never reused. Its console
+        # scripts keep the temp path in their shebangs, hence `python -m pytest` below.
+        if venv.exists():
+            shutil.rmtree(venv)
+        tmp.rename(venv)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return venv
+
+
+def run(checkout: Path, cache_dir: Path, paths: tuple[str, ...] = ("tests/app",), timeout: float = 1200) -> str:
+    """Run pytest on `paths` in the checkout; returns pytest's summary line or raises AppTestsFailed."""
+    venv = environment(checkout, cache_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTHON"))}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    cmd = [str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths]
+    log.info("running %s in %s", " ".join(cmd[2:]), checkout)
+    try:
+        done = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise AppTestsFailed(f"the app's tests did not finish within {timeout:.0f}s") from exc
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    for line in lines[-40:]:
+        log.info("pytest | %s", line)
+    summary = lines[-1] if lines else "(no output)"
+    if done.returncode != 0:
+        failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))][:10]
+        raise AppTestsFailed(f"the app's tests failed: {summary}" + "".join(f"\n  {f}" for f in failed))
+    return summary

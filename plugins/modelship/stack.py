@@ -1,0 +1,168 @@
+"""`make up` / `make down`: the whole product on embedded defaults, on one machine, loopback only.
+
+    python -m modelship.stack up      # Docker engine, registry, Azurite, base image, Airflow standalone
+    python -m modelship.stack down    # stops exactly what `up` started (by pid file / process group)
+    python -m modelship.stack status
+
+Everything lives under one git-ignored folder (``.state/`` by default, MODELSHIP_STATE): pid files,
+logs, data, the Airflow home and ``modelship.env``, the environment (connections and settings) that
+Airflow runs with and that users ``source`` to use the ``modelship`` CLI against the same stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import urllib.request
+from pathlib import Path
+
+from modelship import localstack
+from modelship.settings import REPO_ROOT
+
+AIRFLOW_PORT = 8080
+REGISTRY_PORT = 5000
+AZURITE_PORT = 10000
+MODEL_CONTAINER = "models"
+
+
+class Stack:
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.docker = localstack.DockerEngine(state / "docker")
+        self.registry = localstack.Registry(state / "registry", port=REGISTRY_PORT)
+        self.azurite = localstack.Azurite(state / "azurite", port=AZURITE_PORT)
+        self.airflow = localstack.Process("airflow", state / "airflow")
+        self.env_file = state / "modelship.env"
+
+    def environment(self) -> dict[str, str]:
+        """Connections and settings for Airflow and the CLI, all pointing at the local stack."""
+        home = self.state / "airflow"
+        base = f"http://127.0.0.1:{AIRFLOW_PORT}"
+        return {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            # 32 workers by default would take 5.5 GB here; 4 is plenty for three DAGs.
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(AIRFLOW_PORT),
+            # Without this every task fails with "Connection refused" (it defaults to localhost:8080 on all
+            # interfaces' resolution, which may pick ::1).
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
+            "AIRFLOW__API__BASE_URL": base,
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            "AIRFLOW_CONN_MODELSHIP_BLOB": json.dumps(
+                {"conn_type": "wasb", "extra": {"connection_string": self.azurite.connection_string}}
+            ),
+            "AIRFLOW_CONN_MODELSHIP_REGISTRY": json.dumps({
+                "conn_type": "docker",
+                "host": self.registry.address,
+                "login": self.registry.username,
+                "password": self.registry.password,
+            }),
+            "MODELSHIP_STATE": str(self.state),
+            "MODELSHIP_MODEL_STORE": f"wasb:{MODEL_CONTAINER}",
+            "MODELSHIP_BASE_IMAGE": localstack.BASE_IMAGE,
+            "MODELSHIP_DOCKER_HOST": self.docker.url,
+            "DOCKER_HOST": self.docker.url,
+        }
+
+    def write_env_file(self, env: dict[str, str]) -> None:
+        self.env_file.parent.mkdir(parents=True, exist_ok=True)
+        lines = [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
+        tmp = self.env_file.with_suffix(".tmp")
+        tmp.touch(mode=0o600)
+        tmp.write_text("# Written by `make up`: the local stack's connections and settings.\n" + "\n".join(lines) + "\n")
+        os.replace(tmp, self.env_file)
+
+    def up(self) -> None:
+        print("starting Docker engine (no bridge, host network)…", flush=True)
+        self.docker.start()
+        print("importing the local base image (no registry to pull from)…", flush=True)
+        self.docker.ensure_base_image()
+        print(f"starting registry on {self.registry.address} (htpasswd auth)…", flush=True)
+        self.registry.start()
+        print(f"starting Azurite on 127.0.0.1:{AZURITE_PORT}…", flush=True)
+        self.azurite.start()
+        env = self.environment()
+        self.write_env_file(env)
+        self._start_airflow(env)
+        self._print_login()
+
+    def _start_airflow(self, env: dict[str, str]) -> None:
+        url = f"http://127.0.0.1:{AIRFLOW_PORT}/api/v2/monitor/health"
+        if self.airflow.pid() and _http_ok(url):
+            print("Airflow is already running", flush=True)
+            return
+        print(f"starting Airflow standalone on 127.0.0.1:{AIRFLOW_PORT} (first start migrates the DB)…", flush=True)
+        venv_bin = str(Path(sys.executable).parent)
+        # standalone starts `airflow` subprocesses: the venv's bin must be on PATH.
+        env = {**env, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}"}
+        self.airflow.spawn([str(Path(venv_bin) / "airflow"), "standalone"], env=env, cwd=REPO_ROOT)
+        localstack.wait_for(lambda: _http_ok(url), "Airflow API server", timeout=240, log=self.airflow.log_file)
+
+    def _print_login(self) -> None:
+        passwords = self.state / "airflow" / "simple_auth_manager_passwords.json.generated"
+        creds = json.loads(passwords.read_text()) if passwords.exists() else {}
+        print(f"\nmodelship is up.\n  Airflow UI: http://127.0.0.1:{AIRFLOW_PORT}")
+        for user, password in creds.items():
+            print(f"  login:      {user} / {password}   (from {passwords})")
+        print(f"  CLI:        source {self.env_file} && .venv/bin/modelship --help")
+        print(f"  logs:       {self.state}/*/*.log\n  stop:       make down", flush=True)
+
+    def down(self) -> None:
+        for name, component in (
+            ("Airflow", self.airflow),
+            ("Azurite", self.azurite),
+            ("registry", self.registry),
+            ("Docker engine", self.docker),
+        ):
+            print(f"stopping {name}…", flush=True)
+            component.stop()
+
+    def status(self) -> dict[str, bool]:
+        return {
+            "airflow": self.airflow.pid() is not None,
+            "azurite": self.azurite.proc.pid() is not None,
+            "registry": self.registry.proc.pid() is not None,
+            "docker": self.docker.proc.pid() is not None,
+        }
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m modelship.stack", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    parser.add_argument("--state", type=Path, default=Path(os.environ.get("MODELSHIP_STATE", REPO_ROOT / ".state")))
+    args = parser.parse_args(argv)
+    stack = Stack(args.state.resolve())
+    try:
+        if args.command == "up":
+            stack.up()
+        elif args.command == "down":
+            stack.down()
+        elif args.command == "env":
+            print(stack.env_file)
+        else:
+            for name, running in stack.status().items():
+                print(f"{name:10} {'running' if running else 'stopped'}")
+    except localstack.StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
