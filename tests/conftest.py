@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from modelship import localstack
 
 REPO = Path(__file__).resolve().parent.parent

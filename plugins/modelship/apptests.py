@@ -60,7 +60,9 @@ def environment(checkout: Path, cache_dir: Path) -> Path:
     return venv
 
 
-def run(checkout: Path, cache_dir: Path, paths: tuple[str, ...] = ("tests/app",), timeout: float = 1200) -> str:
+def run(
+    checkout: Path, cache_dir: Path, paths: tuple[str, ...] = ("tests/app",), timeout: float = 1200
+) -> str:
     """Run pytest on `paths` in the checkout; returns pytest's summary line or raises AppTestsFailed."""
     venv = environment(checkout, cache_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTHON"))}

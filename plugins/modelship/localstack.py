@@ -25,9 +25,7 @@ CACHE_DIR = Path(os.environ.get("MODELSHIP_CACHE", Path.home() / ".cache" / "mod
 AZURITE_VERSION = "3.37.0"
 # Azurite's well-known development account: public, documented by Microsoft, valid only on Azurite.
 AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = (
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-)
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 BASE_IMAGE = "local/python-base:bookworm"
 
 
@@ -154,7 +152,15 @@ class Azurite:
                 raise StackError("npm is not installed: run `make up` (it installs nodejs and npm)")
             home.mkdir(parents=True, exist_ok=True)
             subprocess.run(
-                ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(home), f"azurite@{AZURITE_VERSION}"],
+                [
+                    "npm",
+                    "install",
+                    "--no-audit",
+                    "--no-fund",
+                    "--prefix",
+                    str(home),
+                    f"azurite@{AZURITE_VERSION}",
+                ],
                 check=True,
                 capture_output=True,
             )
@@ -205,7 +211,9 @@ class Registry:
         if self.proc.pid():
             return
         if not shutil.which("docker-registry") or not shutil.which("htpasswd"):
-            raise StackError("docker-registry/htpasswd missing: run `make up` (apt: docker-registry apache2-utils)")
+            raise StackError(
+                "docker-registry/htpasswd missing: run `make up` (apt: docker-registry apache2-utils)"
+            )
         htpasswd = self.state_dir / "registry.htpasswd"
         line = subprocess.run(
             ["htpasswd", "-Bbn", self.username, self.password], check=True, capture_output=True, text=True
@@ -304,7 +312,14 @@ def build_base_rootfs() -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tar.tmp")
     subprocess.run(
-        ["mmdebstrap", "--format=tar", "--variant=minbase", "--include=python3,python3-venv,ca-certificates", "bookworm", str(tmp)],
+        [
+            "mmdebstrap",
+            "--format=tar",
+            "--variant=minbase",
+            "--include=python3,python3-venv,ca-certificates",
+            "bookworm",
+            str(tmp),
+        ],
         check=True,
         capture_output=True,
     )

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shlex
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -26,6 +27,12 @@ AIRFLOW_PORT = 8080
 REGISTRY_PORT = 5000
 AZURITE_PORT = 10000
 MODEL_CONTAINER = "models"
+AIRFLOW_COMPONENTS = (
+    ("scheduler", ["scheduler", "--skip-serve-logs"]),
+    ("dag-processor", ["dag-processor"]),
+    ("triggerer", ["triggerer", "--skip-serve-logs"]),
+    ("api-server", ["api-server"]),
+)
 
 
 class Stack:
@@ -34,7 +41,11 @@ class Stack:
         self.docker = localstack.DockerEngine(state / "docker")
         self.registry = localstack.Registry(state / "registry", port=REGISTRY_PORT)
         self.azurite = localstack.Azurite(state / "azurite", port=AZURITE_PORT)
-        self.airflow = localstack.Process("airflow", state / "airflow")
+        # What `airflow standalone` runs, started one by one so each binds loopback only: standalone
+        # gives no way to stop the scheduler's and triggerer's log servers listening on all interfaces.
+        self.airflow = [
+            localstack.Process(f"airflow-{name}", state / "airflow") for name, _ in AIRFLOW_COMPONENTS
+        ]
         self.env_file = state / "modelship.env"
 
     def environment(self) -> dict[str, str]:
@@ -46,6 +57,10 @@ class Stack:
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__AUTH_MANAGER": (
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             # 32 workers by default would take 5.5 GB here; 4 is plenty for three DAGs.
             "AIRFLOW__CORE__PARALLELISM": "4",
@@ -59,12 +74,14 @@ class Stack:
             "AIRFLOW_CONN_MODELSHIP_BLOB": json.dumps(
                 {"conn_type": "wasb", "extra": {"connection_string": self.azurite.connection_string}}
             ),
-            "AIRFLOW_CONN_MODELSHIP_REGISTRY": json.dumps({
-                "conn_type": "docker",
-                "host": self.registry.address,
-                "login": self.registry.username,
-                "password": self.registry.password,
-            }),
+            "AIRFLOW_CONN_MODELSHIP_REGISTRY": json.dumps(
+                {
+                    "conn_type": "docker",
+                    "host": self.registry.address,
+                    "login": self.registry.username,
+                    "password": self.registry.password,
+                }
+            ),
             "MODELSHIP_STATE": str(self.state),
             "MODELSHIP_MODEL_STORE": f"wasb:{MODEL_CONTAINER}",
             "MODELSHIP_BASE_IMAGE": localstack.BASE_IMAGE,
@@ -77,7 +94,9 @@ class Stack:
         lines = [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
         tmp = self.env_file.with_suffix(".tmp")
         tmp.touch(mode=0o600)
-        tmp.write_text("# Written by `make up`: the local stack's connections and settings.\n" + "\n".join(lines) + "\n")
+        tmp.write_text(
+            "# Written by `make up`: the local stack's connections and settings.\n" + "\n".join(lines) + "\n"
+        )
         os.replace(tmp, self.env_file)
 
     def up(self) -> None:
@@ -96,15 +115,26 @@ class Stack:
 
     def _start_airflow(self, env: dict[str, str]) -> None:
         url = f"http://127.0.0.1:{AIRFLOW_PORT}/api/v2/monitor/health"
-        if self.airflow.pid() and _http_ok(url):
+        if all(p.pid() for p in self.airflow) and _http_ok(url):
             print("Airflow is already running", flush=True)
             return
-        print(f"starting Airflow standalone on 127.0.0.1:{AIRFLOW_PORT} (first start migrates the DB)…", flush=True)
-        venv_bin = str(Path(sys.executable).parent)
-        # standalone starts `airflow` subprocesses: the venv's bin must be on PATH.
-        env = {**env, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}"}
-        self.airflow.spawn([str(Path(venv_bin) / "airflow"), "standalone"], env=env, cwd=REPO_ROOT)
-        localstack.wait_for(lambda: _http_ok(url), "Airflow API server", timeout=240, log=self.airflow.log_file)
+        for proc in self.airflow:  # a half-running set (one component died) is restarted whole
+            proc.stop()
+        venv_bin = Path(sys.executable).parent
+        airflow = str(venv_bin / "airflow")
+        # Airflow's components start `airflow` subprocesses: the venv's bin must be on PATH.
+        env = {**os.environ, **env, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}"}
+        print("migrating the Airflow database (SQLite)…", flush=True)
+        migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True)
+        if migrate.returncode != 0:
+            raise localstack.StackError(f"airflow db migrate failed:\n{migrate.stderr[-2000:]}")
+        print(
+            f"starting Airflow (scheduler, dag-processor, triggerer, api-server on 127.0.0.1:{AIRFLOW_PORT})…"
+        )
+        for proc, (_, args) in zip(self.airflow, AIRFLOW_COMPONENTS, strict=True):
+            proc.spawn([airflow, *args], env=env, cwd=REPO_ROOT)
+        api = self.airflow[-1]
+        localstack.wait_for(lambda: _http_ok(url), "Airflow API server", timeout=240, log=api.log_file)
 
     def _print_login(self) -> None:
         passwords = self.state / "airflow" / "simple_auth_manager_passwords.json.generated"
@@ -116,8 +146,10 @@ class Stack:
         print(f"  logs:       {self.state}/*/*.log\n  stop:       make down", flush=True)
 
     def down(self) -> None:
+        for proc in self.airflow:
+            print(f"stopping {proc.name}…", flush=True)
+            proc.stop()
         for name, component in (
-            ("Airflow", self.airflow),
             ("Azurite", self.azurite),
             ("registry", self.registry),
             ("Docker engine", self.docker),
@@ -127,7 +159,7 @@ class Stack:
 
     def status(self) -> dict[str, bool]:
         return {
-            "airflow": self.airflow.pid() is not None,
+            **{p.name: p.pid() is not None for p in self.airflow},
             "azurite": self.azurite.proc.pid() is not None,
             "registry": self.registry.proc.pid() is not None,
             "docker": self.docker.proc.pid() is not None,
@@ -145,7 +177,9 @@ def _http_ok(url: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m modelship.stack", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "status", "env"])
-    parser.add_argument("--state", type=Path, default=Path(os.environ.get("MODELSHIP_STATE", REPO_ROOT / ".state")))
+    parser.add_argument(
+        "--state", type=Path, default=Path(os.environ.get("MODELSHIP_STATE", REPO_ROOT / ".state"))
+    )
     args = parser.parse_args(argv)
     stack = Stack(args.state.resolve())
     try:

@@ -7,7 +7,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from modelship import localstack
 
 
