@@ -39,3 +39,17 @@ class DeploymentEvent(TypedDict):
     commit: str
     model_version: str
     revision: str  # target-specific: Deployment revision or container id
+
+
+def commits_asset(repo: str, branch: str, poll_interval: float = 30.0) -> Asset:
+    """New commits on the source branch, announced by a watcher in the triggerer (starts CI once each)."""
+    from airflow.sdk import AssetWatcher
+
+    from modelship.source import NewCommitTrigger
+
+    trigger = NewCommitTrigger(repo=repo, branch=branch, poll_interval=poll_interval)
+    return Asset(
+        name="commits",
+        uri="modelship://commits",
+        watchers=[AssetWatcher(name="source_commits", trigger=trigger)],
+    )
