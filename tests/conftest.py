@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from modelship import localstack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,6 +65,19 @@ def docker_client(docker_engine: localstack.DockerEngine):
     client = docker.DockerClient(base_url=docker_engine.url, timeout=300)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated Airflow metadata DB (SQLite, in the session's AIRFLOW_HOME) for dag.test()."""
+    import subprocess
+    import sys
+
+    home = Path(os.environ["AIRFLOW_HOME"])
+    subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True, capture_output=True, env=os.environ
+    )
+    return home
 
 
 def pytest_configure(config: pytest.Config) -> None:

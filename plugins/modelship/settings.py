@@ -49,7 +49,8 @@ class Settings:
 
     @property
     def cache_dir(self) -> Path:
-        return self.state_dir / "cache"
+        # MODELSHIP_CACHE: caches may outlive the state folder (wheelhouse, test venvs, model cache).
+        return Path(_env("MODELSHIP_CACHE", str(self.state_dir / "cache")))
 
     @property
     def work_dir(self) -> Path:

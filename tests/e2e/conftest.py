@@ -1,0 +1,74 @@
+"""The whole pipeline against real components: Azurite as the model store, the real registry and
+Docker engine, a migrated Airflow DB for dag.test(), and this repository (or a throwaway clone of it
+with one bad commit) as the source.
+
+Caches that only save time (wheelhouse, the app's test venv) live under ~/.cache/modelship so repeated
+CI runs on one machine skip the downloads; everything that carries state is per session.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelship import localstack
+from tests.e2e.pipeline import REPO
+
+
+@pytest.fixture(scope="session")
+def pipeline_env(
+    tmp_path_factory: pytest.TempPathFactory,
+    azurite: localstack.Azurite,
+    registry: localstack.Registry,
+    docker_engine: localstack.DockerEngine,
+    airflow_db: Path,
+) -> Iterator[dict[str, str]]:
+    """Settings and connections for the DAGs, pointing at the session's real components."""
+    state = tmp_path_factory.mktemp("modelship-state")
+    env = {
+        "MODELSHIP_STATE": str(state),
+        "MODELSHIP_CACHE": str(localstack.CACHE_DIR / "test-cache"),
+        "MODELSHIP_MODEL_STORE": "wasb:e2e-models",
+        "MODELSHIP_BASE_IMAGE": localstack.BASE_IMAGE,
+        "MODELSHIP_DOCKER_HOST": docker_engine.url,
+        "MODELSHIP_SOURCE_REPO": str(REPO),
+        "MODELSHIP_DOCKER_DEPLOY_PORT": str(localstack.free_port()),
+        "AIRFLOW_CONN_MODELSHIP_BLOB": json.dumps(
+            {"conn_type": "wasb", "extra": {"connection_string": azurite.connection_string}}
+        ),
+        "AIRFLOW_CONN_MODELSHIP_REGISTRY": json.dumps(
+            {
+                "conn_type": "docker",
+                "host": registry.address,
+                "login": registry.username,
+                "password": registry.password,
+            }
+        ),
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        yield env
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two good model versions, trained once per session (offline, from scikit-learn's digits)."""
+    from training.train import train_package
+
+    root = tmp_path_factory.mktemp("trained")
+    return {v: (train_package(root / v, version=v), root / v)[1] for v in ("v1", "v2")}
+
+
+@pytest.fixture(scope="session")
+def promoted_v1(pipeline_env: dict[str, str], trained: dict[str, Path]) -> dict[str, Any]:
+    from modelship.model_store import open_store
+
+    store = open_store()
+    manifest = store.publish(trained["v1"])
+    store.promote("digits", "v1", "production")
+    return manifest
