@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from modelship import localstack
-from tests.e2e.pipeline import REPO
+from tests.e2e.pipeline import REPO, git, run_dag
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +72,10 @@ def promoted_v1(pipeline_env: dict[str, str], trained: dict[str, Path]) -> dict[
     manifest = store.publish(trained["v1"])
     store.promote("digits", "v1", "production")
     return manifest
+
+
+@pytest.fixture(scope="session")
+def ci_v1(pipeline_env: dict[str, str], promoted_v1: dict[str, Any]):
+    """One green ci run of this repository's HEAD with model v1: (commit, dag_run)."""
+    commit = git("rev-parse", "HEAD")
+    return commit, run_dag("ci", {"commit": commit})

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from modelship.registry import LABEL_MODEL_SHA256, LABEL_MODEL_VERSION, LABEL_REVISION, RegistryClient
-from tests.e2e.pipeline import asset_events, clone_with_commit, git, run_dag, task_states
+from tests.e2e.pipeline import asset_events, clone_with_commit, run_dag, task_states
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.azurite]
 
@@ -20,10 +19,8 @@ def registry_client() -> RegistryClient:
 
 
 @pytest.fixture(scope="module")
-def first_run(pipeline_env: dict[str, str], promoted_v1: dict[str, Any]):
-    commit = git("rev-parse", "HEAD")
-    dag_run = run_dag("ci", {"commit": commit})
-    return commit, dag_run
+def first_run(ci_v1):
+    return ci_v1
 
 
 def test_ci_pushes_an_image_whose_labels_and_asset_event_name_commit_and_model(first_run) -> None:
