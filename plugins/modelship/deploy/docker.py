@@ -1,0 +1,341 @@
+"""Docker target: the app on one host's Docker engine, the embedded default.
+
+The serving container binds one fixed loopback port (settings.docker_deploy_port). A release:
+
+1. starts the new image as a *candidate* on a spare port and proves it: /readyz answers 200 and /version
+   names the expected commit and model version. A bad image fails here, while the old one keeps serving.
+2. removes the candidate, stops the old container (kept, not removed), starts the same image id on the
+   fixed port and proves it again. If that fails, the new container goes and the old one is started
+   again and re-verified (rollback).
+3. removes the old container.
+
+The gap between 2's stop and start is the app's start-up time (seconds). Closing it would need a proxy
+in front of the port, one more long-lived component to run and secure on every host; for the one-host
+target a short gap is the better trade, and a bad release never causes more than that gap.
+
+Containers run read-only with a tmpfs /tmp, all capabilities dropped, no-new-privileges, on the host
+network (this machine has no bridge; the app binds 127.0.0.1). Their labels carry the lineage, so
+``status()`` answers from the engine alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from modelship.deploy import DeploymentFailed, VerificationFailed, http_get, same_commit, verify_version
+
+if TYPE_CHECKING:
+    from docker import APIClient
+
+    from modelship.lineage import DeploymentEvent
+
+log = logging.getLogger(__name__)
+
+NAME_PREFIX = "modelship-app-"
+ROLE = "io.modelship.role"  # "app" (serving or its stopped predecessor) | "candidate"
+COMMIT = "io.modelship.commit"
+MODEL_VERSION = "io.modelship.model.version"  # same keys as the image's labels
+MODEL_SHA256 = "io.modelship.model.sha256"
+IMAGE = "io.modelship.image"
+IMAGE_DIGEST = "io.modelship.image.digest"
+DEPLOYED_AT = "io.modelship.deployed-at"
+PORT = "io.modelship.port"
+OCI_REVISION = "org.opencontainers.image.revision"
+
+
+class NotReady(Exception):
+    """A container exited or did not answer /readyz with 200 in time."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class DockerTarget:
+    name = "docker"
+
+    def __init__(
+        self,
+        docker_host: str,
+        port: int,
+        *,
+        registry_conn_id: str | None = None,
+        environment: Mapping[str, str] | None = None,
+        ready_timeout: float = 60.0,
+        stop_timeout: int = 10,
+        mem_limit: str = "1g",
+    ) -> None:
+        self.docker_host = docker_host
+        self.port = port
+        self.registry_conn_id = registry_conn_id  # for pulling images the engine does not have yet
+        self.environment = dict(environment or {})
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        self.mem_limit = mem_limit
+
+    @cached_property
+    def api(self) -> APIClient:
+        """The Docker provider's client for the engine, built on first use; no registry login (status())."""
+        from airflow.providers.docker.hooks.docker import DockerHook
+
+        return DockerHook(docker_conn_id=None, base_url=self.docker_host).api_client
+
+    def _pull(self, image: str) -> None:
+        """Pull through a client logged in with the registry connection, only when the image is missing."""
+        from airflow.providers.docker.hooks.docker import DockerHook
+
+        api = self.api
+        if self.registry_conn_id:
+            api = DockerHook(docker_conn_id=self.registry_conn_id, base_url=self.docker_host).api_client
+        log.info("pulling %s", image)
+        api.pull(image)
+
+    # -- what is there -------------------------------------------------------------------------------------
+
+    def _containers(self, role: str) -> list[dict[str, Any]]:
+        return self.api.containers(all=True, filters={"label": f"{ROLE}={role}"})
+
+    def _current(self) -> dict[str, Any] | None:
+        """The serving container; else the newest stopped app container (a deploy cut off mid-swap)."""
+        apps = [c for c in self._containers("app") if c["Labels"].get(PORT) == str(self.port)]
+        running = [c for c in apps if c["State"] == "running"]
+        pool = running or apps
+        return max(pool, key=lambda c: c["Labels"].get(DEPLOYED_AT, ""), default=None)
+
+    def status(self) -> dict[str, Any]:
+        """What serves on the fixed port: image digest, commit, model version, since when (labels only)."""
+        current = self._current()
+        out: dict[str, Any] = {"target": self.name, "port": self.port}
+        if current is None or current["State"] != "running":
+            return {**out, "serving": False, "container": current["Names"][0].lstrip("/") if current else None}
+        labels = current["Labels"]
+        return {
+            **out,
+            "serving": True,
+            "container": current["Names"][0].lstrip("/"),
+            "revision": current["Id"][:12],
+            "image": labels.get(IMAGE),
+            "image_digest": labels.get(IMAGE_DIGEST),
+            "commit": labels.get(COMMIT),
+            "model_version": labels.get(MODEL_VERSION),
+            "model_sha256": labels.get(MODEL_SHA256),
+            "since": labels.get(DEPLOYED_AT),
+        }
+
+    # -- building blocks ---------------------------------------------------------------------------------
+
+    def _inspect_image(self, image: str) -> dict[str, Any]:
+        from docker.errors import ImageNotFound
+
+        try:
+            return self.api.inspect_image(image)
+        except ImageNotFound:
+            self._pull(image)
+            return self.api.inspect_image(image)
+
+    def _start(self, image_id: str, name: str, port: int, labels: dict[str, str], *, serving: bool) -> str:
+        host_config = self.api.create_host_config(
+            network_mode="host",
+            read_only=True,
+            tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            # A candidate that crashes must stay down so the failure shows; the serving one comes back.
+            restart_policy={"Name": "unless-stopped"} if serving else {"Name": "no"},
+            mem_limit=self.mem_limit,
+            pids_limit=256,
+        )
+        container = self.api.create_container(
+            image_id,
+            name=name,
+            labels={**labels, ROLE: "app" if serving else "candidate", PORT: str(port)},
+            environment={**self.environment, "APP_BIND": f"127.0.0.1:{port}"},
+            host_config=host_config,
+        )
+        self.api.start(container["Id"])
+        return container["Id"]
+
+    def _remove(self, container_id: str) -> None:
+        from docker.errors import NotFound
+
+        with contextlib.suppress(NotFound):
+            self.api.remove_container(container_id, force=True)
+
+    def _logs(self, container_id: str) -> str:
+        try:
+            return self.api.logs(container_id, tail=15).decode(errors="replace").strip()
+        except Exception as exc:  # a failure message must not be lost to a second failure
+            return f"(no logs: {exc})"
+
+    def _await_ready(self, container_id: str, port: int) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            state = self.api.inspect_container(container_id)["State"]
+            if not state["Running"] or state.get("Restarting") or state.get("RestartCount", 0):
+                raise NotReady(f"exited with code {state.get('ExitCode')}; logs:\n{self._logs(container_id)}")
+            try:
+                http_get(f"http://127.0.0.1:{port}/readyz", timeout=2.0)
+                return
+            except Exception as exc:  # 503 while loading, refused while starting: keep polling
+                last = str(exc)
+            time.sleep(0.3)
+        raise NotReady(
+            f"/readyz on 127.0.0.1:{port} not 200 within {self.ready_timeout:.0f}s (last: {last}); logs:\n"
+            + self._logs(container_id)
+        )
+
+    def _prove(self, container_id: str, port: int, commit: str, model_version: str, what: str) -> None:
+        self._await_ready(container_id, port)
+        url = f"http://127.0.0.1:{port}/version"
+        verify_version(lambda timeout: http_get(url, timeout), commit, model_version, what=what)
+
+    def _wait_port_free(self, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while _port_open(self.port):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+    def _restore(self, previous: dict[str, Any], name: str) -> str:
+        """Start the previous container again and prove it; a sentence for the failure message."""
+        labels = previous["Labels"]
+        serving = f"commit {labels.get(COMMIT)} / model {labels.get(MODEL_VERSION)}"
+        try:
+            if previous["Names"][0].lstrip("/") != name:
+                self.api.rename(previous["Id"], name)
+            self.api.start(previous["Id"])
+            self._prove(previous["Id"], self.port, labels.get(COMMIT, ""), labels.get(MODEL_VERSION, ""), name)
+        except Exception as exc:
+            return f"rollback FAILED: {name} ({serving}) did not come back: {exc}"
+        return f"rolled back: {name} serving {serving} on 127.0.0.1:{self.port} again"
+
+    # -- the release step ------------------------------------------------------------------------------
+
+    def deploy(self, image: str, lineage: Mapping[str, Any]) -> DeploymentEvent:
+        """Serve ``image`` on the fixed port, verified; otherwise keep (or restore) the previous container."""
+        info = self._inspect_image(image)
+        image_labels = info["Config"].get("Labels") or {}
+        commit, model_version = self._expected(lineage, image_labels, image)
+        digest = _digest(image, lineage, info)
+        short = digest.split(":")[-1][:12]
+        name = f"{NAME_PREFIX}{short}"
+        labels = {
+            COMMIT: commit,
+            MODEL_VERSION: model_version,
+            MODEL_SHA256: str(lineage.get("model_sha256") or image_labels.get(MODEL_SHA256, "")),
+            IMAGE: image,
+            IMAGE_DIGEST: digest,
+            DEPLOYED_AT: datetime.now(UTC).replace(microsecond=0).isoformat(),
+        }
+        event: DeploymentEvent = {
+            "target": self.name,
+            "image_digest": digest,
+            "image": image,
+            "commit": commit,
+            "model_version": model_version,
+            "revision": "",
+        }
+
+        for leftover in self._containers("candidate"):  # from a run that was killed mid-way
+            self._remove(leftover["Id"])
+        previous = self._current()
+        running = previous is not None and previous["State"] == "running"
+        if running and previous["Labels"].get(IMAGE_DIGEST) == digest:
+            with contextlib.suppress(NotReady, VerificationFailed):
+                self._prove(previous["Id"], self.port, commit, model_version, "serving container")
+                log.info("%s already serves %s, verified: nothing to do", previous["Names"][0], image)
+                return {**event, "revision": previous["Id"][:12]}
+        if not running and _port_open(self.port):
+            raise DeploymentFailed(
+                f"127.0.0.1:{self.port} is taken by something that is not a modelship app container; "
+                "not deploying over it"
+            )
+        serving_now = (
+            f"{previous['Names'][0].lstrip('/')} (commit {previous['Labels'].get(COMMIT)} / model "
+            f"{previous['Labels'].get(MODEL_VERSION)}) keeps serving on 127.0.0.1:{self.port}"
+            if running
+            else "nothing was serving before"
+        )
+
+        # 1. The candidate, beside the serving container.
+        from docker.errors import APIError
+
+        spare = _free_port()
+        candidate = None
+        try:
+            candidate = self._start(info["Id"], f"{name}-candidate", spare, labels, serving=False)
+            self._prove(candidate, spare, commit, model_version, f"candidate {name}-candidate")
+        except (NotReady, VerificationFailed, APIError) as exc:
+            raise DeploymentFailed(f"candidate for {image} failed: {exc}\n{serving_now}") from exc
+        finally:
+            if candidate:
+                self._remove(candidate)
+
+        # 2. The swap: stop the old one (kept for rollback), start the same image id on the fixed port.
+        previous_name = previous["Names"][0].lstrip("/") if previous else ""
+        if previous is not None:
+            self.api.stop(previous["Id"], timeout=self.stop_timeout)
+            if previous_name == name:  # same digest re-deployed over an unhealthy copy of itself
+                self.api.rename(previous["Id"], f"{name}-previous")
+        final = None
+        try:
+            if not self._wait_port_free():
+                raise NotReady(f"127.0.0.1:{self.port} still in use after stopping {previous_name or 'nothing'}")
+            final = self._start(info["Id"], name, self.port, labels, serving=True)
+            self._prove(final, self.port, commit, model_version, f"container {name}")
+        except Exception as exc:  # whatever broke, the old container must come back
+            if final:
+                self._remove(final)
+            back = self._restore(previous, previous_name) if previous is not None else "nothing to roll back to"
+            raise DeploymentFailed(
+                f"{image} passed as a candidate but failed on the serving port: {exc}\n{back}"
+            ) from exc
+
+        # 3. Done: the old container and any older leftovers go.
+        for old in self._containers("app"):
+            if old["Id"] != final:
+                self._remove(old["Id"])
+        log.info("%s serves %s on 127.0.0.1:%s (commit %s, model %s)", name, image, self.port, commit, model_version)
+        return {**event, "revision": final[:12]}
+
+    @staticmethod
+    def _expected(lineage: Mapping[str, Any], image_labels: Mapping[str, str], image: str) -> tuple[str, str]:
+        """Commit and model version to prove: the lineage's, checked against the image's own labels."""
+        commit = str(lineage.get("commit") or image_labels.get(OCI_REVISION) or "")
+        model_version = str(lineage.get("model_version") or image_labels.get(MODEL_VERSION) or "")
+        if not commit or not model_version:
+            raise ValueError(f"no commit/model version for {image}: not in the lineage nor the image labels")
+        labelled_commit, labelled_model = image_labels.get(OCI_REVISION), image_labels.get(MODEL_VERSION)
+        if labelled_commit and not same_commit(commit, labelled_commit):
+            raise DeploymentFailed(f"{image} is labelled commit {labelled_commit}, the lineage says {commit}")
+        if labelled_model and labelled_model != model_version:
+            raise DeploymentFailed(f"{image} is labelled model {labelled_model}, the lineage says {model_version}")
+        return commit, model_version
+
+
+def _digest(image: str, lineage: Mapping[str, Any], info: Mapping[str, Any]) -> str:
+    """The registry digest when known (from the reference, the lineage or the engine), else the image id."""
+    if "@sha256:" in image:
+        return image.split("@", 1)[1]
+    if lineage.get("digest"):
+        return str(lineage["digest"])
+    for repo_digest in info.get("RepoDigests") or []:
+        return repo_digest.split("@", 1)[1]
+    return info["Id"]
