@@ -80,6 +80,10 @@ class IntegrityError(ModelStoreError, ManifestError):
     """Stored bytes do not match their manifest (or an alias does not match its version)."""
 
 
+class InvalidName(ModelStoreError, ValueError):
+    """A model name, version or alias that cannot be a path segment."""
+
+
 class StoreUnavailable(ModelStoreError):
     """The storage service did not answer, even after the retries."""
 
@@ -156,7 +160,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _check_name(kind: str, value: str) -> str:
     if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise ModelStoreError(
+        raise InvalidName(
             f"{kind} {value!r} is not allowed: use letters, digits, '.', '_' or '-' (max 128, not starting "
             "with '.', '_' or '-')"
         )
@@ -418,8 +422,8 @@ class ModelStore:
         """Upload a verified package as a new version (files first, model.json last); return its manifest."""
         package = Path(package_dir)
         try:
-            raw = (package / MANIFEST).read_bytes()
             manifest = verify_package(package)
+            raw = (package / MANIFEST).read_bytes()
         except (OSError, ManifestError) as exc:
             raise IntegrityError(f"{package}: refusing to publish: {exc}") from exc
         # The bytes we upload must be the manifest we verified (the version's identity is their sha256).
@@ -710,9 +714,18 @@ class BlobModelStore(ModelStore):
     def container_client(self) -> Any:
         if self._client is None:
             from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
+            from airflow.sdk.exceptions import AirflowNotFoundException
 
             hook = WasbHook(wasb_conn_id=self.wasb_conn_id)
-            self._client = hook.get_conn().get_container_client(self.container)
+            try:
+                service = hook.get_conn()
+            except AirflowNotFoundException as exc:
+                env = f"AIRFLOW_CONN_{self.wasb_conn_id.upper()}"
+                raise ModelStoreError(
+                    f"model store {self}: Airflow connection {self.wasb_conn_id!r} is not defined "
+                    f"(create it in Airflow, set {env}, or point MODELSHIP_WASB_CONN_ID elsewhere)"
+                ) from exc
+            self._client = service.get_container_client(self.container)
         return self._client
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
