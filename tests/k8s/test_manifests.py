@@ -1,0 +1,241 @@
+"""The kustomize base and overlays: they render, they are valid Kubernetes objects, and the AKS overlay
+keeps the security posture the base promises. Offline: only `kubectl kustomize`, no cluster.
+
+Schema validation offline: `kubectl apply --dry-run=client` needs a server for its OpenAPI schema, so the
+rendered objects are checked against the Kubernetes API types the `kubernetes` Python client is generated
+from (its models' openapi_types / attribute_map): every field must exist at its place with the right
+JSON type, and each object must build into its model with the client's own required-field checks.
+(Quantities are strings in those types: write `cpu: "1"`, not `cpu: 1`.)
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "k8s"
+OVERLAYS = ("aks", "local")
+MODELS = {("apps/v1", "Deployment"): "V1Deployment", ("v1", "Service"): "V1Service"}
+
+
+def render(path: Path) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl (with kustomize) is part of this machine image and of CI: it is missing"
+    out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [obj for obj in yaml.safe_load_all(out.stdout) if obj]
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    [obj] = [o for o in objects if o["kind"] == kind]
+    return obj
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    return {name: render(K8S / "overlays" / name) for name in OVERLAYS} | {"base": render(K8S / "base")}
+
+
+# --- strict schema check against the client's generated API types -----------------------------------------
+
+_PRIMITIVES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "bool": (bool,),
+    "float": (int, float),
+    "datetime": (str,),
+    "date": (str,),
+    "object": (object,),  # IntOrString, Quantity, raw JSON
+}
+
+
+def schema_errors(data: Any, type_name: str, path: str = "") -> list[str]:
+    """Every field of ``data`` that the Kubernetes type ``type_name`` does not have, or has as another type."""
+    from kubernetes import client
+
+    if data is None:
+        return []
+    if type_name.startswith("list["):
+        if not isinstance(data, list):
+            return [f"{path}: expected a list, got {type(data).__name__}"]
+        return [e for i, item in enumerate(data) for e in schema_errors(item, type_name[5:-1], f"{path}[{i}]")]
+    if type_name.startswith(("dict(", "dict[")):  # "dict[str, str]" (older clients: "dict(str, str)")
+        if not isinstance(data, dict):
+            return [f"{path}: expected a map, got {type(data).__name__}"]
+        value_type = type_name[type_name.index(",") + 1 : -1].strip()
+        return [e for k, v in data.items() for e in schema_errors(v, value_type, f"{path}.{k}")]
+    if type_name in _PRIMITIVES:
+        ok = isinstance(data, _PRIMITIVES[type_name]) and not (type_name == "int" and isinstance(data, bool))
+        return [] if ok else [f"{path}: expected {type_name}, got {type(data).__name__} {data!r}"]
+    model = getattr(client, type_name)
+    if not isinstance(data, dict):
+        return [f"{path}: expected a {type_name} object, got {type(data).__name__}"]
+    fields = {json_name: attr for attr, json_name in model.attribute_map.items()}
+    errors = []
+    for key, value in data.items():
+        if key not in fields:
+            errors.append(f"{path}.{key}: unknown field in {type_name}")
+        else:
+            errors.extend(schema_errors(value, model.openapi_types[fields[key]], f"{path}.{key}"))
+    return errors
+
+
+def build_model(obj: dict[str, Any]) -> Any:
+    """Deserialize into the client's model: its constructors reject missing required fields."""
+    from kubernetes import client
+
+    api = client.ApiClient()
+    return api._ApiClient__deserialize(obj, MODELS[(obj["apiVersion"], obj["kind"])])
+
+
+def test_the_schema_check_catches_what_it_is_for() -> None:
+    # The validator itself must be able to fail: a typo'd field, a mistyped port, a missing required field.
+    bad = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "x"},
+        "spec": {
+            "selector": {"matchLabels": {"a": "b"}},
+            "template": {
+                "spec": {
+                    "containers": [
+                        {"name": "app", "image": "i", "readinessProbes": {}, "ports": [{"containerPort": "80"}]}
+                    ]
+                }
+            },
+        },
+    }
+    errors = schema_errors(bad, "V1Deployment")
+    assert any("readinessProbes: unknown field" in e for e in errors), errors
+    assert any("containerPort: expected int" in e for e in errors), errors
+    with pytest.raises(ValueError, match="containers"):
+        build_model({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+                     "spec": {"selector": {}, "template": {"spec": {}}}})  # fmt: skip
+
+
+# --- rendering and validity ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["base", *OVERLAYS])
+def test_renders_to_one_deployment_and_one_service_of_core_api_groups(rendered, name: str) -> None:
+    objects = rendered[name]
+    assert sorted((o["apiVersion"], o["kind"]) for o in objects) == [("apps/v1", "Deployment"), ("v1", "Service")]
+
+
+@pytest.mark.parametrize("name", ["base", *OVERLAYS])
+def test_rendered_objects_are_valid_kubernetes_api_objects(rendered, name: str) -> None:
+    for obj in rendered[name]:
+        type_name = MODELS[(obj["apiVersion"], obj["kind"])]
+        assert schema_errors(obj, type_name, obj["kind"]) == []
+        assert build_model(obj).metadata.name == "modelship-app"
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_overlays_set_namespace_and_image_repository(rendered, name: str) -> None:
+    deployment = by_kind(rendered[name], "Deployment")
+    assert all(o["metadata"]["namespace"] == "modelship" for o in rendered[name])
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] != "modelship-app" and container["image"].endswith("/modelship/digits-app")
+
+
+# --- exposure ----------------------------------------------------------------------------------------------
+
+
+def test_load_balancer_only_in_the_overlays(rendered) -> None:
+    assert by_kind(rendered["base"], "Service")["spec"].get("type", "ClusterIP") == "ClusterIP"
+    for name in OVERLAYS:
+        assert by_kind(rendered[name], "Service")["spec"]["type"] == "LoadBalancer", name
+
+
+@pytest.mark.parametrize("name", ["base", *OVERLAYS])
+def test_service_reaches_the_pods_named_port(rendered, name: str) -> None:
+    service, deployment = by_kind(rendered[name], "Service"), by_kind(rendered[name], "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    [port] = service["spec"]["ports"]
+    assert port["port"] == 80
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert port["targetPort"] in {p["name"] for p in container["ports"]}
+    assert {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/part-of"} <= pod_labels.keys()
+
+
+# --- security posture (what AKS runs) ----------------------------------------------------------------------
+
+
+def test_aks_pods_run_unprivileged_on_a_read_only_root(rendered) -> None:
+    pod = by_kind(rendered["aks"], "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not pod.get(key), key
+    assert all("hostPath" not in v for v in pod.get("volumes", []))
+    for container in pod["containers"] + pod.get("initContainers", []):
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc.get("privileged") is not True
+        assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add")
+        assert sc.get("runAsUser", 10001) != 0
+        assert container["resources"]["requests"] and container["resources"]["limits"]
+        assert not any(p.get("hostPort") for p in container.get("ports", []))
+    # The one writable path is an emptyDir at /tmp.
+    [mount] = pod["containers"][0]["volumeMounts"]
+    assert mount["mountPath"] == "/tmp"
+    assert [v for v in pod["volumes"] if v["name"] == mount["name"]][0].keys() == {"name", "emptyDir"}
+    assert pod["imagePullSecrets"] == [{"name": "modelship-registry"}]
+
+
+def test_aks_rolls_out_without_losing_capacity_and_probes_the_app(rendered) -> None:
+    spec = by_kind(rendered["aks"], "Deployment")["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    assert spec["revisionHistoryLimit"] >= 2  # rollback needs the previous ReplicaSet
+    [container] = spec["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["APP_BIND"] == "0.0.0.0:8000" and container["ports"][0]["containerPort"] == 8000
+
+
+def test_local_overlay_fits_one_host_network(rendered) -> None:
+    spec = by_kind(rendered["local"], "Deployment")["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    pod = spec["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    [container] = pod["containers"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["host"] == "127.0.0.1", probe
+    [port] = container["ports"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["APP_BIND"] == f"127.0.0.1:{port['containerPort']}"
+    # Everything else of the posture still holds locally.
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+# --- no secrets ------------------------------------------------------------------------------------------
+
+_SECRETISH = re.compile(
+    r"(?i)password|passwd|secret_?key|(?<![A-Za-z])token:|-----BEGIN|dockerconfigjson|AccountKey=|\bauth\b"
+)
+
+
+@pytest.mark.parametrize("name", ["base", *OVERLAYS])
+def test_no_secret_material_in_rendered_output(rendered, name: str) -> None:
+    assert all(o["kind"] != "Secret" for o in rendered[name])
+    text = yaml.safe_dump_all(rendered[name])
+    assert not _SECRETISH.findall(text)
+    # Only the *name* of the pull secret appears; its contents come from the registry connection at deploy.
+    assert text.count("modelship-registry") == 1
