@@ -1,0 +1,136 @@
+"""HTTP API: POST /score, GET /healthz, /readyz, /version, /metrics. Every error is JSON {"error": ...}.
+
+Client mistakes are 4xx with a message that says what to fix (and which image, by index); a 500 only
+ever means a bug here, never bad input.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    RequestEntityTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+
+from . import metrics
+from .imaging import ImageError, ImageTooLarge, decode_base64, image_to_features
+from .model import Model
+
+bp = Blueprint("classifier", __name__)
+MODEL_KEY = "classifier.model"  # app.extensions key of the loaded Model
+
+
+def _model() -> Model | None:
+    return current_app.extensions.get(MODEL_KEY)
+
+
+def _images(payload: Any) -> tuple[str, list[Any]]:
+    """(field name, list of images) from {"images": [...]} or the classic {"input": "<JSON list>"}."""
+    if not isinstance(payload, dict):
+        raise BadRequest('body must be a JSON object: {"images": ["<base64>", ...]}')
+    if ("images" in payload) == ("input" in payload):
+        raise BadRequest('give exactly one of "images" (a list of base64 strings) or "input"')
+    if "input" in payload:
+        field, images = "input", payload["input"]
+        if isinstance(images, str):  # the classic shape: a JSON document inside a string
+            try:
+                images = json.loads(images)
+            except (ValueError, RecursionError):
+                raise BadRequest('"input" must be a JSON-encoded list of base64 strings') from None
+    else:
+        field, images = "images", payload["images"]
+    if not isinstance(images, list):
+        raise BadRequest(f'"{field}" must be a list of base64 strings, got {type(images).__name__}')
+    if not images:
+        raise BadRequest(f'"{field}" is empty: send at least one image')
+    limit = current_app.config["MAX_IMAGES"]
+    if len(images) > limit:
+        raise RequestEntityTooLarge(f'"{field}" has {len(images)} images, at most {limit} per request')
+    return field, images
+
+
+def _features(field: str, index: int, item: Any) -> np.ndarray:
+    if not isinstance(item, str):
+        raise BadRequest(f"{field}[{index}]: must be a base64 string, got {type(item).__name__}")
+    try:
+        return image_to_features(decode_base64(item), current_app.config["MAX_IMAGE_PIXELS"])
+    except ImageTooLarge as exc:
+        raise RequestEntityTooLarge(f"{field}[{index}]: {exc}") from None
+    except ImageError as exc:
+        raise BadRequest(f"{field}[{index}]: {exc}") from None
+
+
+@bp.post("/score")
+def score() -> Response:
+    if not request.is_json:
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    model = _model()
+    if model is None:
+        raise ServiceUnavailable("model not loaded")
+    try:  # get_data enforces MAX_CONTENT_LENGTH (413) even without a Content-Length header
+        payload = json.loads(request.get_data(cache=False))
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    field, images = _images(payload)
+    batch = np.stack([_features(field, index, item) for index, item in enumerate(images)])
+    probabilities = model.predict(batch)
+    metrics.IMAGES.inc(len(images))
+    predictions = []
+    for row in probabilities:
+        top = np.argsort(-row, kind="stable")[:3]
+        predictions.append({"top3": [{"label": model.labels[i], "probability": round(float(row[i]), 6)} for i in top]})
+    return jsonify(model={"name": model.name, "version": model.version}, predictions=predictions)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify(status="ok")  # liveness: the process answers; readiness is /readyz
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    model = _model()
+    if model is None:
+        return jsonify(status="not ready", error="model not loaded"), 503
+    return jsonify(status="ready", model={"name": model.name, "version": model.version}), 200
+
+
+@bp.get("/version")
+def version() -> Response:
+    config, model = current_app.config, _model()
+    return jsonify(
+        app_version=config["APP_VERSION"],
+        commit=config["GIT_COMMIT"],
+        image={"created": config["IMAGE_CREATED"], "source": config["IMAGE_SOURCE"]},
+        model=None
+        if model is None
+        else {"name": model.name, "version": model.version, "sha256": model.sha256, "accuracy": model.accuracy},
+    )
+
+
+@bp.get("/metrics")
+def prometheus() -> Response:
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type)
+
+
+@bp.app_errorhandler(HTTPException)
+def http_error(exc: HTTPException) -> Response:
+    """Every HTTP error (ours, routing's 404/405, Werkzeug's 413, the 500 of a bug) as JSON."""
+    if exc.code is not None and exc.code >= 500:
+        message = "internal server error" if exc.code == 500 else (exc.description or exc.name)
+    elif isinstance(exc, RequestEntityTooLarge) and exc.description == RequestEntityTooLarge.description:
+        message = f"request body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes"
+    else:
+        message = exc.description or exc.name
+    response = exc.get_response()  # keeps the status and headers such as Allow on a 405
+    response.set_data(json.dumps({"error": message}))
+    response.content_type = "application/json"
+    return response
