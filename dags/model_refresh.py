@@ -51,8 +51,11 @@ from modelship.lineage import MODEL
             description="Name of the model in the model store.",
         ),
         # No default: promoting "whatever is newest" by accident is exactly what this DAG must not do.
+        # Airflow refuses a run without it (UI form, REST API and dag.test alike) with
+        # "Invalid input for param version"; the validate task checks again for clarity.
         "version": Param(
             type="string",
+            minLength=1,
             title="Version",
             description="The published version to validate and promote (required), e.g. 2026-11-25.1.",
         ),
