@@ -52,9 +52,10 @@ T = TypeVar("T")
 
 # Names, versions and aliases become path segments and blob-name segments: keep them boring.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-# Per-request limits on Azure calls: without them a half-open connection could hang a task forever.
-_CONNECT_TIMEOUT = 10
-_READ_TIMEOUT = 120
+# Options for every Azure call. Timeouts: without them a half-open connection could hang a task forever.
+# retry_total=0 turns off the SDK's own retries (silent, 15 s+ backoff): retry() below logs each attempt
+# and ends with a clear StoreUnavailable instead.
+_PER_REQUEST: dict[str, Any] = {"retry_total": 0, "connection_timeout": 10, "read_timeout": 120}
 
 
 # --- Errors -------------------------------------------------------------------------------------------
@@ -729,19 +730,11 @@ class BlobModelStore(ModelStore):
         return self._client
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """One SDK call under our retry. The SDK's own retries are off (retry_total=0): by default they
-        back off 15 s+ silently; ours log each attempt and give up with a clear StoreUnavailable."""
+        """One SDK call (with the per-request options) under our retry."""
+        return self._retry(lambda: fn(*args, **_PER_REQUEST, **kwargs), what)
 
-        def attempt() -> T:
-            return fn(
-                *args,
-                retry_total=0,
-                connection_timeout=_CONNECT_TIMEOUT,
-                read_timeout=_READ_TIMEOUT,
-                **kwargs,
-            )
-
-        return retry(attempt, what, self.retry_policy, sleep=self._sleep)
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
+        return retry(fn, what, self.retry_policy, sleep=self._sleep)
 
     def _sleep(self, seconds: float) -> None:
         self.stats.retries += 1
@@ -754,13 +747,11 @@ class BlobModelStore(ModelStore):
         from azure.core.exceptions import ResourceNotFoundError
 
         def read() -> tuple[bytes, str]:
-            stream = self._blob(key).download_blob(
-                retry_total=0, connection_timeout=_CONNECT_TIMEOUT, read_timeout=_READ_TIMEOUT
-            )
+            stream = self._blob(key).download_blob(**_PER_REQUEST)
             return stream.readall(), stream.properties.etag
 
         try:
-            return retry(read, f"reading {key}", self.retry_policy, sleep=self._sleep)
+            return self._retry(read, f"reading {key}")
         except ResourceNotFoundError:  # blob or container missing
             return None
 
@@ -789,12 +780,9 @@ class BlobModelStore(ModelStore):
     def _upload_file(self, key: str, path: Path) -> None:
         def upload() -> Any:
             with open(path, "rb") as handle:  # reopened on every attempt: a retry re-sends from byte 0
-                return self._blob(key).upload_blob(
-                    handle, overwrite=True, retry_total=0,
-                    connection_timeout=_CONNECT_TIMEOUT, read_timeout=_READ_TIMEOUT,
-                )  # fmt: skip
+                return self._blob(key).upload_blob(handle, overwrite=True, **_PER_REQUEST)
 
-        retry(upload, f"uploading {key}", self.retry_policy, sleep=self._sleep)
+        self._retry(upload, f"uploading {key}")
         self.stats.files_uploaded += 1
         self.stats.bytes_uploaded += path.stat().st_size
 
@@ -802,14 +790,12 @@ class BlobModelStore(ModelStore):
         from azure.core.exceptions import ResourceNotFoundError
 
         def download() -> int:
-            stream = self._blob(key).download_blob(
-                retry_total=0, connection_timeout=_CONNECT_TIMEOUT, read_timeout=_READ_TIMEOUT
-            )
+            stream = self._blob(key).download_blob(**_PER_REQUEST)
             with open(path, "wb") as handle:  # truncated on every attempt
                 return stream.readinto(handle)
 
         try:
-            return retry(download, f"downloading {key}", self.retry_policy, sleep=self._sleep)
+            return self._retry(download, f"downloading {key}")
         except ResourceNotFoundError:
             raise ModelNotFound(f"{key} not found in {self}") from None
 
@@ -817,14 +803,11 @@ class BlobModelStore(ModelStore):
         from azure.core.exceptions import ResourceNotFoundError
 
         def names() -> list[str]:
-            blobs = self.container_client.list_blobs(
-                name_starts_with=prefix or None, retry_total=0,
-                connection_timeout=_CONNECT_TIMEOUT, read_timeout=_READ_TIMEOUT,
-            )  # fmt: skip
+            blobs = self.container_client.list_blobs(name_starts_with=prefix or None, **_PER_REQUEST)
             return [blob.name for blob in blobs]  # pages are fetched here, inside the retry
 
         try:
-            return sorted(retry(names, f"listing {prefix or '/'}", self.retry_policy, sleep=self._sleep))
+            return sorted(self._retry(names, f"listing {prefix or '/'}"))
         except ResourceNotFoundError:  # no container yet: nothing published
             return []
 
