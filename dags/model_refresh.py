@@ -25,6 +25,7 @@ from typing import Any
 from airflow.sdk import Param, dag, task
 
 from modelship.lineage import MODEL
+from modelship.validation import run_promote, run_validate
 
 
 @dag(
@@ -85,15 +86,10 @@ from modelship.lineage import MODEL
 def model_refresh() -> None:
     @task
     def validate(params: dict[str, Any] | None = None) -> dict[str, Any]:
-        # Imported here, not at the top: DAG parsing must not pay for onnxruntime and scikit-learn.
-        from modelship.validation import run_validate
-
         return run_validate(dict(params or {}))
 
     @task(outlets=[MODEL])
     def promote(validated: dict[str, Any], params: dict[str, Any] | None = None, outlet_events=None) -> dict:
-        from modelship.validation import run_promote
-
         event = run_promote(validated, alias=str((params or {})["alias"]))
         outlet_events[MODEL].extra = dict(event)
         return dict(event)
