@@ -67,8 +67,11 @@ def ci():
         from airflow.sdk.exceptions import AirflowSkipException
 
         events = [event.extra for evs in (triggering_asset_events or {}).values() for event in evs]
-        with no_retry_on(ModelNotFound, SourceError):
-            candidate = steps.resolve(params["commit"], events, run_id)
+        try:
+            with no_retry_on(ModelNotFound, SourceError):
+                candidate = steps.resolve(params["commit"], events, run_id)
+        except steps.NothingToBuild as exc:
+            raise AirflowSkipException(str(exc)) from exc
         if candidate["already_pushed"]:
             raise AirflowSkipException(
                 f"{candidate['repository']}:{candidate['tag']} is already pushed ({candidate['already_pushed']})"

@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
+class NothingToBuild(Exception):
+    """No model is promoted yet, so there is no application to ship: the run has nothing to do."""
+
+
 def image_tag(commit: str, model_version: str) -> str:
     """`<short commit>-<model version>`, made a valid Docker tag (at most 128 characters)."""
     return f"{commit[:12]}-{_TAG_UNSAFE.sub('_', model_version)}"[:128]
@@ -45,6 +49,11 @@ def resolve(requested_commit: str, events: list[dict[str, Any]], run_id: str) ->
     settings = Settings.get()
     commit = choose_commit(requested_commit, events, settings)
     store = open_store(settings)
+    if store.read_alias(settings.model_name, settings.model_alias) is None:
+        raise NothingToBuild(
+            f"no version of model {settings.model_name!r} is promoted as {settings.model_alias!r} yet: "
+            "publish one (modelship model publish) and run model_refresh; ci follows by itself"
+        )
     version, _ = store.resolve(settings.model_name, settings.model_alias)
     model_sha256 = store.manifest_sha256(settings.model_name, version)
     tag = image_tag(commit, version)
