@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: up down status test lint bootstrap lock
+.PHONY: up down status test lint bootstrap lock demo
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -15,6 +15,10 @@ up: bootstrap
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m modelship.stack down; fi
+
+# The whole story headless on top of `make up`: model → ci → release → /score → status, twice.
+demo: up
+	@set -a && . .state/modelship.env && set +a && $(PY) -m modelship.demo
 
 status:
 	@$(PY) -m modelship.stack status
