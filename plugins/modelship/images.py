@@ -349,12 +349,16 @@ def build_image(
 # ---------------------------------------------------------------------------------------------- smoke test
 
 
-def sample_digit(index: int = 0, size: int = 64) -> tuple[bytes, str]:
+# Held-out digit the smoke test sends by default: a "2" that models trained with different seeds all rank
+# first with p ≈ 1.0 after the app's re-framing, so a failure means a broken image, not a hard digit.
+SMOKE_SAMPLE_INDEX = 12
+
+
+def sample_digit(index: int = SMOKE_SAMPLE_INDEX, size: int = 64) -> tuple[bytes, str]:
     """(PNG bytes, label) of held-out digit `index`: the 8x8 0..16 image scaled up, black ink on white.
 
     The held-out split never trains a model, so the smoke test asks the image about a digit it has not
-    memorised. Nearest-neighbour scaling keeps the 8x8 blocks exact: an app that shrinks the PNG back to
-    8x8 by averaging recovers the original pixels.
+    memorised. Nearest-neighbour scaling keeps the 8x8 blocks sharp, as a scanned digit would be.
     """
     import numpy as np
     from PIL import Image
@@ -397,7 +401,8 @@ def smoke_test(
     session = requests.Session()
     session.trust_env = False  # an HTTP proxy from the environment must not answer for 127.0.0.1
     try:
-        container = api.create_container(
+        container = _create(
+            api,
             image,
             name=name,
             environment={"APP_BIND": f"127.0.0.1:{port}", "APP_WORKERS": "1"},
@@ -409,11 +414,14 @@ def smoke_test(
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
             ),
-        )["Id"]
+        )
         user = api.inspect_container(container)["Config"].get("User") or ""
         if user.split(":")[0] in ("", "root", "0"):
             raise SmokeTestFailed(f"{image}: runs as root (Config.User={user!r}); the image must set a non-root USER")
-        api.start(container)
+        try:
+            api.start(container)
+        except docker.errors.APIError as exc:
+            raise SmokeTestFailed(f"{image}: container did not start: {exc.explanation or exc}") from exc
         log.info("smoke test: %s as %s on %s (user %s)", image, name, base, user)
 
         _wait_ready(api, container, session, base, timeout, image)
@@ -466,6 +474,13 @@ def smoke_test(
                 pass
             except docker.errors.APIError as exc:  # report, but do not hide the test's own outcome
                 log.error("smoke test: could not remove container %s: %s", name, exc)
+
+
+def _create(api: docker.APIClient, image: str, **kwargs: Any) -> str:
+    try:
+        return api.create_container(image, **kwargs)["Id"]
+    except docker.errors.APIError as exc:  # e.g. no CMD, unknown image: the image is broken, not the engine
+        raise SmokeTestFailed(f"{image}: could not create a container: {exc.explanation or exc}") from exc
 
 
 def _wait_ready(
