@@ -1,36 +1,16 @@
-"""Fixtures for running DAGs in-process with `dag.test()`.
+"""Fixtures for the DAG tests that run DAGs in-process with `dag.test()`.
 
-`airflow_db`: dag.test() records runs, task instances, XComs and Asset events in Airflow's metadata
-database, which must exist and be migrated first. tests/conftest.py points AIRFLOW_HOME at a fresh
-temporary folder per session (SQLite there); this fixture runs `airflow db migrate` against it once
-(~5 s), as a subprocess of the venv's `airflow` with the same environment, so the test process's own
-Airflow configuration is exactly the one that was migrated.
+The migrated Airflow metadata DB those runs need is the session fixture `airflow_db` in tests/conftest.py
+(`airflow db migrate` once, in the fresh per-session AIRFLOW_HOME that tests/conftest.py sets up).
 
 `trained`: model packages for the DAG tests, trained once per session (training is the slow part).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-AIRFLOW = Path(sys.executable).with_name("airflow")
-
-
-@pytest.fixture(scope="session")
-def airflow_db() -> Path:
-    """A migrated metadata DB in the session's AIRFLOW_HOME; returns that home."""
-    home = Path(os.environ["AIRFLOW_HOME"])
-    result = subprocess.run(
-        [str(AIRFLOW), "db", "migrate"], env=dict(os.environ), capture_output=True, text=True, timeout=300
-    )
-    if result.returncode != 0:
-        pytest.fail(f"airflow db migrate failed in {home}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    return home
 
 
 @pytest.fixture(scope="session")
