@@ -1,9 +1,9 @@
 """Build, smoke-test and push the serving image (Docker provider's DockerHook / docker-py low-level API).
 
-CI's steps 4–6 in one module: `wheelhouse` + `build_context` + `build_image` turn app/ and a model package
-into an image whose labels carry its lineage; `smoke_test` runs that image the way production will (non-root,
-read-only root filesystem, no capabilities) and asks it the questions a user would; `push_image` sends it to
-the registry and returns the digest everything downstream refers to.
+CI's build, smoke-test and push steps in one module: `wheelhouse` + `build_context` + `build_image` turn
+app/ and a model package into an image whose labels carry its lineage; `smoke_test` runs that image the way
+production will (non-root, read-only root filesystem, no capabilities) and asks it the questions a user
+would; `push_image` sends it to the registry and returns the digest everything downstream refers to.
 
 Every function takes a `DockerHook`, a `docker.APIClient` or a `docker.DockerClient` ("docker" below) so the
 DAGs can hand over the hook built from the registry connection, and tests the harness's client.
@@ -540,9 +540,10 @@ def _json(response: requests.Response, what: str) -> dict[str, Any]:
 # Errors inside the push stream that say "try again later" rather than "this will never work".
 _TRANSIENT_PUSH = (
     "connection refused", "connection reset", "i/o timeout", "tls handshake timeout", "broken pipe",
-    "eof", "502 bad gateway", "503 service unavailable", "504 gateway", "client.timeout", "temporary failure",
+    "unexpected eof", ": eof", "502 bad gateway", "503 service unavailable", "504 gateway", "client.timeout",
+    "temporary failure",
 )  # fmt: skip
-_AUTH_PUSH = ("unauthorized", "authentication required", "no basic auth credentials", "denied", "401")
+_AUTH_PUSH = ("unauthorized", "authentication required", "no basic auth credentials", "denied")
 
 
 class _TransientPushError(ImagePushError):
