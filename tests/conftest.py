@@ -74,9 +74,11 @@ def airflow_db() -> Path:
     import sys
 
     home = Path(os.environ["AIRFLOW_HOME"])
-    subprocess.run(
-        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True, capture_output=True, env=os.environ
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"], capture_output=True, text=True, env=os.environ
     )
+    if done.returncode != 0:
+        pytest.fail(f"airflow db migrate failed in {home}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
     return home
 
 
