@@ -5,7 +5,7 @@ on a zero background. Any picture of a single digit is brought to that conventio
 
 1. decode strict base64 (a `data:image/...;base64,` prefix is accepted) and open it with Pillow, only as
    one of FORMATS; the pixel count is checked against the limit from the header, before decoding;
-2. apply EXIF rotation, flatten transparency onto white, convert to grayscale;
+2. shrink to WORKING_SIZE, apply EXIF rotation, flatten transparency onto white, convert to grayscale;
 3. stretch contrast to 0..1; if the background is light (mean above the middle, i.e. mean > 127 for an
    image spanning 0..255) invert, so ink is high whatever the colours;
 4. crop to the bounding box of the ink, centre it in a square of side max(height, width) (+ MARGIN),
@@ -69,15 +69,19 @@ def _open(raw: bytes, max_pixels: int) -> Image.Image:
 
 
 def _grayscale(image: Image.Image) -> np.ndarray:
-    """Float32 2-D array in 0..1 (not yet stretched); transparency counts as white paper."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+    """Float32 2-D array in 0..1 (not yet stretched), at most WORKING_SIZE; transparency is white paper."""
+    transparent = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if image.mode in ("1", "P", "PA"):  # resizing these would pick pixels instead of averaging them
+        image = image.convert("RGBA" if transparent else "L")
+    # Shrink first, so no later step copies a full-size image (a 16 Mpx RGBA is 64 MB per copy).
+    image.thumbnail((WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)
+    ImageOps.exif_transpose(image, in_place=True)  # phone photos are stored sideways
+    if transparent:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
     # 16-bit and float images keep their precision; everything else is 8-bit grayscale.
     scale = 65535.0 if image.mode.startswith("I;16") else 255.0
     image = image.convert("F" if image.mode.startswith(("I", "F")) else "L")
-    image.thumbnail((WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)
     return np.asarray(image, dtype=np.float32) / scale
 
 
