@@ -34,7 +34,8 @@ worker_tmp_dir = _runtime  # heartbeat files; the default may be on the read-onl
 control_socket_disable = True  # it would be created under $HOME (read-only) and needs no remote control
 accesslog = "-"  # stdout
 errorlog = "-"  # stderr
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+# %(p)s is the worker's pid: which process served a request, when reading one worker's crash or metrics.
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms %(p)s'
 
 
 def child_exit(server: Any, worker: Any) -> None:
