@@ -1,0 +1,85 @@
+"""The app under real gunicorn with two workers, started the way the image starts it."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from modelship.manifest import manifest_sha256
+
+APP_DIR = Path(__file__).resolve().parents[2] / "app"
+APP_DIR_MARKER = "classifier-"  # gunicorn.conf.py's runtime folder prefix under TMPDIR
+N_SCORES = 24
+
+
+def requests_total(text: str, route: str, status: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "classifier_http_requests_total" and sample.labels == {
+                "route": route, "method": "POST" if route == "/score" else "GET", "status": status,
+            }:  # fmt: skip
+                return sample.value
+    return 0.0
+
+
+def test_gunicorn_serves_scores_and_aggregates_metrics_across_workers(
+    model_package, gunicorn, heldout, digit_b64, http
+):
+    server = gunicorn(model_package, workers=2)
+    server.wait_ready()
+    x, y = heldout
+
+    status, body = http(
+        "POST", f"{server.base}/score", json.dumps({"images": [digit_b64(x[0])]}).encode(),
+        {"Content-Type": "application/json"},
+    )  # fmt: skip
+    assert status == 200
+    assert json.loads(body)["predictions"][0]["top3"][0]["label"] == str(y[0])
+
+    payload = json.dumps({"images": [digit_b64(pixels) for pixels in x[:8]]}).encode()
+
+    def score(_: int) -> int:
+        return http("POST", f"{server.base}/score", payload, {"Content-Type": "application/json"})[0]
+
+    with ThreadPoolExecutor(max_workers=6) as pool:  # concurrent, so both sync workers take requests
+        assert set(pool.map(score, range(N_SCORES))) == {200}
+
+    # Whichever worker answers the scrape, it reports every worker's requests: exactly 1 + N_SCORES.
+    for _ in range(4):
+        status, text = http("GET", f"{server.base}/metrics")
+        assert status == 200
+        assert requests_total(text.decode(), "/score", "200") == 1 + N_SCORES
+        assert f'sha256="{manifest_sha256(model_package)}"' in text.decode()
+
+    # The access log (stdout) names the worker pid of each request: more than one worker did the work.
+    score_lines = [line for line in server.stdout.read_text().splitlines() if "POST /score" in line]
+    assert len(score_lines) == 1 + N_SCORES
+    assert len({re.search(r"<(\d+)>$", line).group(1) for line in score_lines}) == 2
+
+    status, body = http("GET", f"{server.base}/version")
+    assert json.loads(body)["model"]["sha256"] == manifest_sha256(model_package)
+
+    healthy = subprocess.run(
+        [sys.executable, "-m", "classifier.healthcheck"], cwd=APP_DIR, env=server.env, check=False, timeout=30
+    )
+    assert healthy.returncode == 0
+
+    runtime = [p for p in server.workdir.iterdir() if p.name.startswith(APP_DIR_MARKER)]
+    assert len(runtime) == 1 and (runtime[0] / "prometheus").is_dir()  # everything it writes is under TMPDIR
+    assert server.stop() == 0  # SIGTERM: graceful, exit 0
+    assert not runtime[0].exists()  # and it cleans up after itself
+
+
+def test_healthcheck_fails_when_nothing_listens(free_port):
+    env = {"APP_BIND": f"127.0.0.1:{free_port()}", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-m", "classifier.healthcheck"], cwd=APP_DIR, env=env,
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 1 and "unhealthy" in result.stderr
