@@ -31,7 +31,7 @@ def pipeline_env(
     state = tmp_path_factory.mktemp("modelship-state")
     env = {
         "MODELSHIP_STATE": str(state),
-        "MODELSHIP_CACHE": str(localstack.CACHE_DIR / "test-cache"),
+        "MODELSHIP_CACHE": str(localstack.CACHE_DIR),  # wheelhouse and test venv shared with tests/plugins
         "MODELSHIP_MODEL_STORE": "wasb:e2e-models",
         "MODELSHIP_BASE_IMAGE": localstack.BASE_IMAGE,
         "MODELSHIP_DOCKER_HOST": docker_engine.url,
