@@ -31,6 +31,20 @@ def _model() -> Model | None:
     return current_app.extensions.get(MODEL_KEY)
 
 
+def _body() -> bytes:
+    """The request body; 413 beyond MAX_CONTENT_LENGTH, also for chunked uploads (no Content-Length).
+
+    With a Content-Length, Werkzeug refuses an oversized body before reading it. Without one, its stream
+    silently stops at the limit, and only raises 413 on the next read: so read once more, or a truncated
+    body would be parsed as if it were the whole request.
+    """
+    data = request.get_data(cache=False)
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        request.stream.read(1)
+    return data
+
+
 def _images(payload: Any) -> tuple[str, list[Any]]:
     """(field name, list of images) from {"images": [...]} or the classic {"input": "<JSON list>"}."""
     if not isinstance(payload, dict):
@@ -74,8 +88,9 @@ def score() -> Response:
     model = _model()
     if model is None:
         raise ServiceUnavailable("model not loaded")
-    try:  # get_data enforces MAX_CONTENT_LENGTH (413) even without a Content-Length header
-        payload = json.loads(request.get_data(cache=False))
+    body = _body()
+    try:
+        payload = json.loads(body)
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise BadRequest(f"malformed JSON: {exc}") from None
     field, images = _images(payload)
