@@ -61,15 +61,14 @@ def _open(raw: bytes, max_pixels: int) -> Image.Image:
         raise ImageError(f"not a supported image ({', '.join(FORMATS)})") from None
     width, height = image.size
     if width * height > max_pixels:
+        image.close()
         raise ImageTooLarge(f"image is {width}x{height} pixels, more than the {max_pixels} allowed")
-    if width < 1 or height < 1:
-        raise ImageError("image has no pixels")
-    image.draft("L", (WORKING_SIZE, WORKING_SIZE))  # JPEG only: decode at a reduced scale, much faster
     return image
 
 
 def _grayscale(image: Image.Image) -> np.ndarray:
     """Float32 2-D array in 0..1 (not yet stretched), at most WORKING_SIZE; transparency is white paper."""
+    image.draft("L", (WORKING_SIZE, WORKING_SIZE))  # JPEG only: decode at a reduced scale, much faster
     transparent = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     if image.mode in ("1", "P", "PA"):  # resizing these would pick pixels instead of averaging them
         image = image.convert("RGBA" if transparent else "L")
@@ -86,12 +85,14 @@ def _grayscale(image: Image.Image) -> np.ndarray:
 
 
 def _to_digit(gray: np.ndarray) -> np.ndarray:
+    if gray.size == 0:
+        raise ImageError("image has no pixels")
     if not np.isfinite(gray).all():  # float TIFFs can hold NaN/inf, which no digit is made of
         raise ImageError("image has non-finite pixel values")
     low, high = float(gray.min()), float(gray.max())
     if high - low < MIN_CONTRAST:
         raise ImageError("image is blank: no digit found")
-    ink = (gray - low) / (high - low)
+    ink = (gray.astype(np.float64) - low) / (high - low)  # float64: extreme float-TIFF ranges cannot overflow
     if ink.mean() > 0.5:  # light background: dark ink on paper
         ink = 1.0 - ink
     ink[ink < INK_THRESHOLD / 2] = 0.0  # background noise would otherwise become faint strokes
@@ -101,7 +102,7 @@ def _to_digit(gray: np.ndarray) -> np.ndarray:
     height, width = ink.shape
     side = max(height, width)
     pad = round(side * MARGIN)
-    square = np.zeros((side + 2 * pad, side + 2 * pad), dtype=np.float32)
+    square = np.zeros((side + 2 * pad, side + 2 * pad), dtype=np.float32)  # "F" mode for Pillow's resize
     top, left = pad + (side - height) // 2, pad + (side - width) // 2
     square[top : top + height, left : left + width] = ink
     # BOX averages whole areas, like the data set's 4x4 pixel counts of a 32x32 bitmap.
