@@ -130,7 +130,7 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
         return error.code, error.read()
 
 
-@pytest.fixture(scope="session", name="http")
+@pytest.fixture(scope="session", name="http_request")
 def http_fixture() -> Callable[..., tuple[int, bytes]]:
     """http(method, url, body=None, headers=None, timeout=10) -> (status, body), against a real server."""
     return http
@@ -139,7 +139,7 @@ def http_fixture() -> Callable[..., tuple[int, bytes]]:
 class Gunicorn:
     """`gunicorn -c gunicorn.conf.py` started from app/ like the image does, in its own session."""
 
-    def __init__(self, model_dir: Path, workdir: Path, workers: int = 2) -> None:
+    def __init__(self, model_dir: Path, workdir: Path, workers: int = 2, **env: str) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
@@ -151,6 +151,7 @@ class Gunicorn:
             "APP_BIND": f"127.0.0.1:{self.port}",
             "APP_WORKERS": str(workers),
             "TMPDIR": str(workdir),  # gunicorn.conf.py's runtime folder lands here, where tests can see it
+            **env,
         }
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.process: subprocess.Popen[bytes] | None = None
@@ -192,13 +193,13 @@ class Gunicorn:
 
 @pytest.fixture
 def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
-    """gunicorn(model_dir, workers=2) -> a started server; every server is stopped at teardown."""
+    """gunicorn(model_dir, workers=2, **env) -> a started server; every server is stopped at teardown."""
     started: list[Gunicorn] = []
 
-    def start(model_dir: Path, workers: int = 2) -> Gunicorn:
+    def start(model_dir: Path, workers: int = 2, **env: str) -> Gunicorn:
         workdir = tmp_path / f"gunicorn-{len(started)}"
         workdir.mkdir()
-        server = Gunicorn(model_dir, workdir, workers)
+        server = Gunicorn(model_dir, workdir, workers, **env)
         started.append(server)
         server.start()
         return server

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import subprocess
@@ -29,13 +30,13 @@ def requests_total(text: str, route: str, status: str) -> float:
 
 
 def test_gunicorn_serves_scores_and_aggregates_metrics_across_workers(
-    model_package, gunicorn, heldout, digit_b64, http
+    model_package, gunicorn, heldout, digit_b64, http_request
 ):
     server = gunicorn(model_package, workers=2)
     server.wait_ready()
     x, y = heldout
 
-    status, body = http(
+    status, body = http_request(
         "POST", f"{server.base}/score", json.dumps({"images": [digit_b64(x[0])]}).encode(),
         {"Content-Type": "application/json"},
     )  # fmt: skip
@@ -45,14 +46,14 @@ def test_gunicorn_serves_scores_and_aggregates_metrics_across_workers(
     payload = json.dumps({"images": [digit_b64(pixels) for pixels in x[:8]]}).encode()
 
     def score(_: int) -> int:
-        return http("POST", f"{server.base}/score", payload, {"Content-Type": "application/json"})[0]
+        return http_request("POST", f"{server.base}/score", payload, {"Content-Type": "application/json"})[0]
 
     with ThreadPoolExecutor(max_workers=6) as pool:  # concurrent, so both sync workers take requests
         assert set(pool.map(score, range(N_SCORES))) == {200}
 
     # Whichever worker answers the scrape, it reports every worker's requests: exactly 1 + N_SCORES.
     for _ in range(4):
-        status, text = http("GET", f"{server.base}/metrics")
+        status, text = http_request("GET", f"{server.base}/metrics")
         assert status == 200
         assert requests_total(text.decode(), "/score", "200") == 1 + N_SCORES
         assert f'sha256="{manifest_sha256(model_package)}"' in text.decode()
@@ -62,7 +63,7 @@ def test_gunicorn_serves_scores_and_aggregates_metrics_across_workers(
     assert len(score_lines) == 1 + N_SCORES
     assert len({re.search(r"<(\d+)>$", line).group(1) for line in score_lines}) == 2
 
-    status, body = http("GET", f"{server.base}/version")
+    status, body = http_request("GET", f"{server.base}/version")
     assert json.loads(body)["model"]["sha256"] == manifest_sha256(model_package)
 
     healthy = subprocess.run(
@@ -74,6 +75,26 @@ def test_gunicorn_serves_scores_and_aggregates_metrics_across_workers(
     assert len(runtime) == 1 and (runtime[0] / "prometheus").is_dir()  # everything it writes is under TMPDIR
     assert server.stop() == 0  # SIGTERM: graceful, exit 0
     assert not runtime[0].exists()  # and it cleans up after itself
+
+
+def test_chunked_body_over_max_content_length_is_413_not_truncated(model_package, gunicorn, heldout, digit_b64):
+    server = gunicorn(model_package, workers=1, MAX_CONTENT_LENGTH="2000")
+    server.wait_ready()
+
+    def post_chunked(body: bytes) -> tuple[int, dict]:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:  # no Content-Length: the body's size is only known by reading it
+            chunks = (body[i : i + 500] for i in range(0, len(body), 500))
+            connection.request("POST", "/score", body=chunks, headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            connection.close()
+
+    status, answer = post_chunked(json.dumps({"images": ["A" * 4000]}).encode())
+    assert (status, answer) == (413, {"error": "request body is larger than 2000 bytes"})
+    status, answer = post_chunked(json.dumps({"images": [digit_b64(heldout[0][2], size=8)]}).encode())
+    assert status == 200 and answer["predictions"][0]["top3"][0]["label"] == str(heldout[1][2])
 
 
 def test_healthcheck_fails_when_nothing_listens(free_port):
