@@ -36,11 +36,12 @@ AIRFLOW_COMPONENTS = (
 
 
 class Stack:
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, *, registry_port: int = REGISTRY_PORT, azurite_port: int = AZURITE_PORT) -> None:
+        # Ports are arguments so another stack (modelship.distributed) can run beside this one.
         self.state = state
         self.docker = localstack.DockerEngine(state / "docker")
-        self.registry = localstack.Registry(state / "registry", port=REGISTRY_PORT)
-        self.azurite = localstack.Azurite(state / "azurite", port=AZURITE_PORT)
+        self.registry = localstack.Registry(state / "registry", port=registry_port)
+        self.azurite = localstack.Azurite(state / "azurite", port=azurite_port)
         # What `airflow standalone` runs, started one by one so each binds loopback only: standalone
         # gives no way to stop the scheduler's and triggerer's log servers listening on all interfaces.
         self.airflow = [
