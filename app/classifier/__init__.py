@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ConfigError", "create_app"]
 
+# onnxruntime's Linux wheel starts telemetry (a device id and an event store under ~/.cache) at import
+# unless this is set first; this package __init__ runs before classifier.model imports onnxruntime.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 # name: (default, type). Each may be overridden by the environment variable of the same name.
 SETTINGS: dict[str, tuple[Any, type]] = {
     "MODEL_DIR": ("/model", str),
