@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,20 @@ class Gunicorn:
                 pass
             time.sleep(0.2)
         raise AssertionError(f"gunicorn not ready within {timeout}s:\n{self.stderr.read_text()}")
+
+    def pids(self, path: str) -> set[str]:
+        """Worker pids that answered requests for `path`, from the access log (it ends with <pid>)."""
+        lines = self.stdout.read_text().splitlines()
+        return {line.rsplit("<", 1)[1].rstrip(">") for line in lines if f" {path} HTTP" in line}
+
+    def wait_all_workers(self, workers: int, timeout: float = 60) -> None:
+        """Until every worker has booted: /readyz answers as soon as the first one has."""
+        deadline = time.monotonic() + timeout
+        with ThreadPoolExecutor(max_workers=2 * workers) as pool:
+            while len(self.pids("/healthz")) < workers:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"only workers {self.pids('/healthz')} answered within {timeout}s")
+                list(pool.map(lambda _: http("GET", f"{self.base}/healthz"), range(4 * workers)))
 
     def stop(self) -> int | None:
         """SIGTERM (graceful), then SIGKILL to the process group if it hangs; returns the exit code."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -30,10 +29,12 @@ def requests_total(text: str, route: str, status: str) -> float:
 
 
 def test_gunicorn_serves_scores_and_aggregates_metrics_across_workers(
-    model_package, gunicorn, heldout, digit_b64, http_request
+    model_package, gunicorn, heldout, digit_b64, http_request, tmp_path
 ):
-    server = gunicorn(model_package, workers=2)
+    home = tmp_path / "home"  # must stay absent: nothing (gunicorn's control socket, onnxruntime's
+    server = gunicorn(model_package, workers=2, HOME=str(home))  # telemetry) may write outside TMPDIR
     server.wait_ready()
+    server.wait_all_workers(2)
     x, y = heldout
 
     status, body = http_request(
@@ -61,7 +62,7 @@ def test_gunicorn_serves_scores_and_aggregates_metrics_across_workers(
     # The access log (stdout) names the worker pid of each request: more than one worker did the work.
     score_lines = [line for line in server.stdout.read_text().splitlines() if "POST /score" in line]
     assert len(score_lines) == 1 + N_SCORES
-    assert len({re.search(r"<(\d+)>$", line).group(1) for line in score_lines}) == 2
+    assert len(server.pids("/score")) == 2
 
     status, body = http_request("GET", f"{server.base}/version")
     assert json.loads(body)["model"]["sha256"] == manifest_sha256(model_package)
@@ -75,6 +76,7 @@ def test_gunicorn_serves_scores_and_aggregates_metrics_across_workers(
     assert len(runtime) == 1 and (runtime[0] / "prometheus").is_dir()  # everything it writes is under TMPDIR
     assert server.stop() == 0  # SIGTERM: graceful, exit 0
     assert not runtime[0].exists()  # and it cleans up after itself
+    assert not home.exists()
 
 
 def test_chunked_body_over_max_content_length_is_413_not_truncated(model_package, gunicorn, heldout, digit_b64):
