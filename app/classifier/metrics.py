@@ -40,6 +40,7 @@ MODEL_INFO = Gauge(
     multiprocess_mode="livemax",
 )
 UNMATCHED = "<unmatched>"  # 404/405: the raw path would let any client create unbounded label values
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others count as "other"
 
 
 def _start_timer() -> None:
@@ -49,7 +50,8 @@ def _start_timer() -> None:
 def _record(response: Response) -> Response:
     started = g.pop("metrics_started", None)
     route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
-    labels = (route, request.method, str(response.status_code))
+    method = request.method if request.method in METHODS else "other"  # any token is a valid method
+    labels = (route, method, str(response.status_code))
     REQUESTS.labels(*labels).inc()
     if started is not None:
         LATENCY.labels(*labels).observe(time.perf_counter() - started)

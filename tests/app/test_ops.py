@@ -75,6 +75,7 @@ def test_metrics_count_requests_by_route_template_and_status_exactly(client, dig
         client.post("/score", json={"images": []})  # 400
     client.post("/score", json={"images": [digit_b64(heldout[0][0])] * 4})  # 200, four images
     client.get("/no/such/page/12345")
+    client.open("/healthz", method="BREW12345")  # methods are client-chosen tokens too
     after = scrape(client)
 
     def delta(metric: str, **labels: str) -> float:
@@ -85,6 +86,7 @@ def test_metrics_count_requests_by_route_template_and_status_exactly(client, dig
     assert delta(requests, route="/score", method="POST", status="400") == 2
     assert delta(requests, route="/score", method="POST", status="200") == 1
     assert delta(requests, route="<unmatched>", method="GET", status="404") == 1  # never the raw path
+    assert delta(requests, route="<unmatched>", method="other", status="405") == 1
     assert not any("12345" in str(labels) for _, labels in after)
     latency = "classifier_http_request_duration_seconds_count"
     assert delta(latency, route="/healthz", method="GET", status="200") == 3
