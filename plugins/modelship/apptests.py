@@ -67,6 +67,9 @@ def run(
     venv = environment(checkout, cache_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTHON"))}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    # The checkout is not installed in the venv: subprocesses the tests start (python -m training.train)
+    # find its packages the way pytest's own `pythonpath` setting does.
+    env["PYTHONPATH"] = os.pathsep.join(str(checkout / p) for p in (".", "plugins", "app"))
     cmd = [str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths]
     log.info("running %s in %s", " ".join(cmd[2:]), checkout)
     try:
