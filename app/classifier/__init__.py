@@ -60,7 +60,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # seconds) imports this package and must not pay for Flask, numpy and onnxruntime each time.
     from flask import Flask
 
-    from . import metrics, model, routes
+    from . import errors, metrics, model, routes
 
     app = Flask(__name__)
     app.config.from_mapping({name: default for name, (default, _) in SETTINGS.items()})
@@ -79,5 +79,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.logger.info("serving model %s %s (sha256 %s)", loaded.name, loaded.version, loaded.sha256)
 
     metrics.init_app(app, loaded.name, loaded.version, loaded.sha256)
+    errors.init_app(app)
     app.register_blueprint(routes.bp)
     return app

@@ -1,7 +1,7 @@
-"""HTTP API: POST /score, GET /healthz, /readyz, /version, /metrics. Every error is JSON {"error": ...}.
+"""HTTP API: POST /score, GET /healthz, /readyz, /version, /metrics.
 
-Client mistakes are 4xx with a message that says what to fix (and which image, by index); a 500 only
-ever means a bug here, never bad input.
+Client mistakes raise 4xx HTTP exceptions whose message says what to fix (and which image, by index);
+errors.py turns every one into JSON {"error": ...}. A 500 only ever means a bug here, never bad input.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import (
     BadRequest,
-    HTTPException,
     RequestEntityTooLarge,
     ServiceUnavailable,
     UnsupportedMediaType,
@@ -134,18 +133,3 @@ def version() -> Response:
 def prometheus() -> Response:
     body, content_type = metrics.exposition()
     return Response(body, content_type=content_type)
-
-
-@bp.app_errorhandler(HTTPException)
-def http_error(exc: HTTPException) -> Response:
-    """Every HTTP error (ours, routing's 404/405, Werkzeug's 413, the 500 of a bug) as JSON."""
-    if exc.code is not None and exc.code >= 500:
-        message = "internal server error" if exc.code == 500 else (exc.description or exc.name)
-    elif isinstance(exc, RequestEntityTooLarge) and exc.description == RequestEntityTooLarge.description:
-        message = f"request body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes"
-    else:
-        message = exc.description or exc.name
-    response = exc.get_response()  # keeps the status and headers such as Allow on a 405
-    response.set_data(json.dumps({"error": message}))
-    response.content_type = "application/json"
-    return response
