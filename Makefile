@@ -36,3 +36,12 @@ lock:
 	{ echo "# Generated from requirements.in by 'make lock' (pip freeze of a fresh venv). Do not edit by hand."; \
 	  .state/lock-venv/bin/pip freeze; } > requirements.txt
 	rm -rf .state/lock-venv
+
+# The scale-out stack: Airflow on Postgres + Redis + two Celery workers (docker-compose.airflow.yml),
+# beside `make up` on other ports. docs/scale-out.md.
+.PHONY: up-distributed down-distributed
+up-distributed: bootstrap
+	@$(PY) -m modelship.distributed up
+
+down-distributed:
+	@if [ -x $(PY) ]; then $(PY) -m modelship.distributed down; fi
