@@ -21,8 +21,11 @@ import pytest
 from modelship import localstack
 
 STANDIN_APP = r"""
-import json, os, sys
+import json, os, signal, sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
+
+# As PID 1 in a container, a process without a handler ignores SIGTERM and is killed only after the grace period.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
 host, _, port = os.environ.get("APP_BIND", "127.0.0.1:8000").rpartition(":")
 broken = os.environ.get("BROKEN", "")
