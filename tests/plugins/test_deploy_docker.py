@@ -179,3 +179,18 @@ def test_a_port_held_by_a_stranger_is_not_taken_over(docker_engine, standin) -> 
         target = DockerTarget(docker_host=docker_engine.url, port=stranger.getsockname()[1], ready_timeout=15)
         with pytest.raises(DeploymentFailed, match="not a modelship app container"):
             target.deploy(v1.tag, v1.lineage())
+
+
+def test_modelship_status_prints_what_serves(v2_serving, docker_engine, port: int, monkeypatch, capsys) -> None:
+    from modelship.cli import main
+
+    _, v2, _, _ = v2_serving
+    monkeypatch.setenv("MODELSHIP_DOCKER_HOST", docker_engine.url)
+    monkeypatch.setenv("MODELSHIP_DOCKER_DEPLOY_PORT", str(port))
+    assert main(["status", "--target", "docker", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["commit"] == v2.commit and status["image_digest"] == v2.id and status["serving"] is True
+    assert main(["status", "--target", "docker"]) == 0
+    text = capsys.readouterr().out
+    assert f"commit         {v2.commit}" in text and f"model version  {v2.model_version}" in text
+    assert "since" in text and v2.id in text
