@@ -160,6 +160,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
 
 # Each function adds one top-level command group; append yours here.
 COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [_add_model_commands]
+COMMAND_GROUPS.append(__import__("modelship.deploy.status", fromlist=["register"]).register)
 
 
 def build_parser() -> argparse.ArgumentParser:
