@@ -56,6 +56,8 @@ default_args = {
         "commit": Param(
             "",
             type="string",
+            # Refused at trigger time (form, REST API, dag.test) instead of failing a task later.
+            pattern="^([0-9a-f]{7,40})?$",
             title="Commit",
             description="The commit to build (7-40 hex digits). Empty: the newest commit of the configured branch.",
         ),
