@@ -103,9 +103,15 @@ def run_validate(params: dict[str, Any], store: ModelStore | None = None) -> dic
         version = str(params.get("version") or "").strip()
         if not version:
             raise ValueError("param 'version' is required: the published model version to validate and promote")
+        store = store or open_store()
+        name = str(params["model_name"])
+        try:
+            store.resolve(name, version)
+        except ModelNotFound as exc:  # say which params to fix, not only what the store lacks
+            raise ModelNotFound(f"{exc} (check params model_name={name!r} and version={version!r})") from None
         return validate_model(
-            store or open_store(),
-            name=str(params["model_name"]),
+            store,
+            name=name,
             version=version,
             min_accuracy=float(params["min_accuracy"]),
             must_beat_promoted=bool(params["must_beat_promoted"]),
