@@ -1,0 +1,123 @@
+"""Bad DAG params: refused when the run is created (Airflow's param validation), or the run fails at the
+first task that can know, at once (no retries), with a message naming the param and nothing done after it.
+
+Already proven elsewhere, not repeated here: model_refresh without a version is refused at creation
+(tests/dags/test_model_refresh.py::test_a_run_without_a_version_is_refused_naming_the_param).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from modelship import localstack
+from tests.e2e.pipeline import REPO, run_dag, task_states
+
+
+def try_numbers(dag_run) -> dict[str, int]:
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return {ti.task_id: ti.try_number for ti in dag_run.get_task_instances(session=session)}
+
+
+@pytest.fixture
+def dag_env(airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hardening_model: Path) -> Path:
+    """Settings for the DAGs: a local model store with v1 promoted, this repository as the source."""
+    from modelship.model_store import LocalModelStore
+
+    store = tmp_path / "models"
+    LocalModelStore(store).publish(hardening_model)
+    LocalModelStore(store).promote("digits", "v1")
+    monkeypatch.setenv("MODELSHIP_STATE", str(tmp_path / "state"))
+    monkeypatch.setenv("MODELSHIP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MODELSHIP_MODEL_STORE", f"local:{store}")
+    monkeypatch.setenv("MODELSHIP_SOURCE_REPO", str(REPO))
+    return store
+
+
+@pytest.fixture
+def registry_conn(registry: localstack.Registry, monkeypatch: pytest.MonkeyPatch) -> str:
+    conn = {"conn_type": "docker", "host": registry.address, "login": registry.username, "password": registry.password}
+    monkeypatch.setenv("AIRFLOW_CONN_MODELSHIP_REGISTRY", json.dumps(conn))
+    return registry.address
+
+
+# --- refused when the run is created ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("commit", ["not-a-sha", "abc12", "HEAD", "0123456789ABCDEF", "a" * 41, "$(id)", " deadbeef"])
+def test_ci_refuses_a_malformed_commit_when_the_run_is_created(airflow_db: Path, commit: str) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match=r"Invalid input for param commit"):
+        run_dag("ci", {"commit": commit})
+
+
+def test_release_refuses_an_unknown_target_when_the_run_is_created(airflow_db: Path) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match=r"Invalid input for param target"):
+        run_dag("release", {"target": "moon"})
+
+
+# --- the first task that can know fails, once ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "image", ["not an image", "127.0.0.1:5000/modelship/digits-app", "127.0.0.1:5000/Modelship/App:v1", "app@sha256:1"]
+)
+def test_release_fails_at_select_image_naming_a_malformed_image_param(
+    dag_env, image: str, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    run = run_dag("release", {"target": "docker", "image": image})
+    assert str(run.state) == "failed"
+    assert task_states(run) == {"select_image": "failed", "deploy": "upstream_failed"}
+    assert try_numbers(run)["select_image"] == 1  # a verdict: no retry
+    output = capfd.readouterr()
+    logs = output.out + output.err + caplog.text
+    assert f"param 'image' {image!r} is not an image reference" in logs
+
+
+@pytest.mark.registry
+def test_release_fails_at_select_image_for_an_image_not_in_the_registry(
+    dag_env, registry_conn: str, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    image = f"{registry_conn}/modelship/digits-app:no-such-tag"
+    run = run_dag("release", {"target": "docker", "image": image})
+    assert task_states(run) == {"select_image": "failed", "deploy": "upstream_failed"}
+    assert try_numbers(run)["select_image"] == 1
+    output = capfd.readouterr()
+    assert f"{image} is not in the registry" in output.out + output.err + caplog.text
+
+
+def test_model_refresh_fails_at_validate_naming_an_unknown_model(
+    dag_env, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from modelship.model_store import LocalModelStore
+
+    run = run_dag("model_refresh", {"model_name": "no-such-model", "version": "v1"})
+    assert task_states(run) == {"validate": "failed", "promote": "upstream_failed"}
+    assert try_numbers(run)["validate"] == 1
+    output = capfd.readouterr()
+    assert "check params model_name='no-such-model' and version='v1'" in output.out + output.err + caplog.text
+    assert LocalModelStore(dag_env).read_alias("digits", "production")["version"] == "v1"  # untouched
+
+
+@pytest.mark.registry
+def test_ci_with_a_commit_not_in_the_repository_fails_at_checkout_and_builds_nothing(
+    dag_env, registry_conn: str, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Well-formed, so the param passes; only a fetch of the repository can tell it does not exist, and
+    # checkout is the step that fetches. It must fail there, once, and nothing after it may run.
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    run = run_dag("ci", {"commit": commit})
+    states = task_states(run)
+    assert str(run.state) == "failed", states
+    assert states["resolve"] == "success" and states["checkout"] == "failed", states
+    assert {states[t] for t in ("test", "fetch_model", "build", "smoke_test", "push")} == {"upstream_failed"}, states
+    assert try_numbers(run)["checkout"] == 1
+    output = capfd.readouterr()
+    assert f"commit {commit} is not in {REPO}" in output.out + output.err + caplog.text
