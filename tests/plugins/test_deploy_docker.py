@@ -194,3 +194,18 @@ def test_modelship_status_prints_what_serves(v2_serving, docker_engine, port: in
     text = capsys.readouterr().out
     assert f"commit         {v2.commit}" in text and f"model version  {v2.model_version}" in text
     assert "since" in text and v2.id in text
+
+
+def test_two_targets_on_one_engine_leave_each_other_alone(v2_serving, docker_engine, standin, port: int) -> None:
+    _, v2, _, _ = v2_serving
+    v1 = standin("v1")
+    other = DockerTarget(docker_host=docker_engine.url, port=localstack.free_port(), ready_timeout=15)
+    try:
+        other.deploy(v1.tag, v1.lineage())
+        assert serving(other.port)["commit"] == v1.commit
+        assert serving(port)["commit"] == v2.commit
+        assert other.status()["commit"] == v1.commit
+        assert DockerTarget(docker_host=docker_engine.url, port=port).status()["commit"] == v2.commit
+    finally:
+        for container in other._containers("app"):
+            other._remove(container["Id"])

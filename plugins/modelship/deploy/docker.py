@@ -46,7 +46,8 @@ MODEL_SHA256 = "io.modelship.model.sha256"
 IMAGE = "io.modelship.image"
 IMAGE_DIGEST = "io.modelship.image.digest"
 DEPLOYED_AT = "io.modelship.deployed-at"
-PORT = "io.modelship.port"
+PORT = "io.modelship.port"  # the serving port a container belongs to (also on its candidates)
+BIND = "io.modelship.bind"  # where it listens: the serving port, or a spare one for a candidate
 OCI_REVISION = "org.opencontainers.image.revision"
 
 
@@ -108,11 +109,13 @@ class DockerTarget:
     # -- what is there -------------------------------------------------------------------------------------
 
     def _containers(self, role: str) -> list[dict[str, Any]]:
-        return self.api.containers(all=True, filters={"label": f"{ROLE}={role}"})
+        """This target's containers: one engine can host several targets, one per serving port."""
+        found = self.api.containers(all=True, filters={"label": [f"{ROLE}={role}", f"{PORT}={self.port}"]})
+        return list(found)
 
     def _current(self) -> dict[str, Any] | None:
         """The serving container; else the newest stopped app container (a deploy cut off mid-swap)."""
-        apps = [c for c in self._containers("app") if c["Labels"].get(PORT) == str(self.port)]
+        apps = self._containers("app")
         running = [c for c in apps if c["State"] == "running"]
         pool = running or apps
         return max(pool, key=lambda c: c["Labels"].get(DEPLOYED_AT, ""), default=None)
@@ -163,7 +166,7 @@ class DockerTarget:
         container = self.api.create_container(
             image_id,
             name=name,
-            labels={**labels, ROLE: "app" if serving else "candidate", PORT: str(port)},
+            labels={**labels, ROLE: "app" if serving else "candidate", PORT: str(self.port), BIND: str(port)},
             environment={**self.environment, "APP_BIND": f"127.0.0.1:{port}"},
             host_config=host_config,
         )
