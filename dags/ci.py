@@ -17,8 +17,6 @@ Started by the `commits` watcher (new commit on the configured branch), by the `
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pendulum
 from airflow.sdk import Param, dag, task
 
@@ -28,19 +26,10 @@ from modelship.failfast import no_retry_on
 from modelship.images import ImageBuildError, SmokeTestFailed
 from modelship.lineage import IMAGE, MODEL, commits_asset
 from modelship.model_store import IntegrityError, ModelNotFound
-from modelship.settings import Settings
+from modelship.settings import DEFAULT_ARGS, Settings
 from modelship.source import SourceError
 
 _settings = Settings.get()  # environment only: no I/O at parse time
-
-default_args = {
-    "owner": "modelship",
-    "retries": 3,
-    "retry_delay": timedelta(seconds=10),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=2),
-    "execution_timeout": timedelta(minutes=30),
-}
 
 
 @dag(
@@ -50,7 +39,7 @@ default_args = {
     catchup=False,
     max_active_runs=4,
     tags=["modelship", "ci"],
-    default_args=default_args,
+    default_args=DEFAULT_ARGS,
     doc_md=__doc__,
     params={
         "commit": Param(

@@ -19,12 +19,13 @@ Store and credentials: `MODELSHIP_MODEL_STORE` (`wasb:<container>` through the A
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from airflow.sdk import Param, dag, task
 
 from modelship.lineage import MODEL
+from modelship.settings import DEFAULT_ARGS
 from modelship.validation import run_promote, run_validate
 
 
@@ -35,14 +36,7 @@ from modelship.validation import run_promote, run_validate
     catchup=False,
     tags=["modelship", "model"],
     doc_md=__doc__,
-    default_args={
-        "owner": "modelship",
-        "retries": 3,
-        "retry_delay": timedelta(seconds=10),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=2),
-        "execution_timeout": timedelta(minutes=15),
-    },
+    default_args=DEFAULT_ARGS,
     params={
         "model_name": Param(
             "digits",

@@ -13,8 +13,6 @@ Runs nightly (MODELSHIP_RELEASE_SCHEDULE) and on demand from the trigger form.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pendulum
 from airflow.sdk import Param, dag, task
 
@@ -22,18 +20,9 @@ from modelship import release as steps
 from modelship.deploy import DeploymentFailed
 from modelship.failfast import no_retry_on
 from modelship.lineage import DEPLOYMENT, IMAGE
-from modelship.settings import Settings
+from modelship.settings import DEFAULT_ARGS, Settings
 
 _settings = Settings.get()  # environment only: no I/O at parse time
-
-default_args = {
-    "owner": "modelship",
-    "retries": 3,
-    "retry_delay": timedelta(seconds=10),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=2),
-    "execution_timeout": timedelta(minutes=30),
-}
 
 
 @dag(
@@ -43,7 +32,7 @@ default_args = {
     catchup=False,
     max_active_runs=1,  # one deployment at a time per target
     tags=["modelship", "release"],
-    default_args=default_args,
+    default_args=DEFAULT_ARGS,
     doc_md=__doc__,
     params={
         "target": Param(

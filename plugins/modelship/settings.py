@@ -9,9 +9,22 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# Every DAG's tasks: an owner, and retries with exponential backoff for the network steps (verdicts such as
+# failing tests or a failed gate skip the retries: modelship.failfast). The integrity test checks all of it.
+DEFAULT_ARGS = {
+    "owner": "modelship",
+    "retries": 3,
+    "retry_delay": timedelta(seconds=10),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=2),
+    "execution_timeout": timedelta(minutes=30),
+}
 
 
 def _env(name: str, default: str) -> str:
