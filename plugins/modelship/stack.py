@@ -88,6 +88,7 @@ class Stack:
             "MODELSHIP_BASE_IMAGE": localstack.BASE_IMAGE,
             "MODELSHIP_DOCKER_HOST": self.docker.url,
             "DOCKER_HOST": self.docker.url,
+            **openlineage_environment(self.state / "openlineage" / "events.jsonl"),
         }
 
     def write_env_file(self, env: dict[str, str]) -> None:
@@ -165,6 +166,28 @@ class Stack:
             "registry": self.registry.proc.pid() is not None,
             "docker": self.docker.proc.pid() is not None,
         }
+
+
+def openlineage_environment(events_file: Path) -> dict[str, str]:
+    """The OpenLineage provider on, writing every event as one JSON line to `events_file` (its folder is created).
+
+    Lineage in the open standard: a START and a COMPLETE/FAIL event per task and DAG run, with modelship's
+    artifacts (commit, model version, image digest, deployment) as datasets (modelship.openlineage). To
+    send them to Marquez or any OpenLineage HTTP endpoint instead, set
+    AIRFLOW__OPENLINEAGE__TRANSPORT='{"type": "http", "url": "http://127.0.0.1:5002"}' (README "Lineage").
+    """
+    events_file.parent.mkdir(parents=True, exist_ok=True)
+    return {
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+            {"type": "file", "log_file_path": str(events_file), "append": True}
+        ),
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": "modelship",
+        "AIRFLOW__OPENLINEAGE__EXTRACTORS": "modelship.openlineage.ModelshipExtractor",
+        # The extractor reads the task's returned XCom. The provider's default, a forked child per event,
+        # cannot: its request to the task supervisor is never answered, and the child is killed after
+        # the timeout with the task's COMPLETE event unsent. A thread shares the supervisor channel safely.
+        "AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD": "True",
+    }
 
 
 def _http_ok(url: str) -> bool:
