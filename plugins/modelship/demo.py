@@ -67,6 +67,18 @@ class Airflow:
         quoted = urllib.request.quote(run_id, safe="")
         return self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances")["task_instances"]
 
+    def xcom(self, dag_id: str, run_id: str, task_id: str) -> Any:
+        """The task's return value (None if it returned nothing, was skipped or did not run)."""
+        quoted = urllib.request.quote(run_id, safe="")
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/xcomEntries/return_value"
+        try:
+            entry = self._call("GET", f"{path}?deserialize=true&stringify=false")
+        except DemoFailed as exc:
+            if "HTTP 404" in str(exc):
+                return None
+            raise
+        return entry.get("value") if isinstance(entry, dict) else None
+
     def log_tail(self, dag_id: str, run_id: str, task_id: str, try_number: int, lines: int = 15) -> str:
         quoted = urllib.request.quote(run_id, safe="")
         path = f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/logs/{try_number}?full_content=true"
@@ -103,12 +115,12 @@ class Airflow:
         return run
 
     def wait_for_new_run(self, dag_id: str, after: set[str], timeout: float = 120) -> str:
-        """The id of a run of `dag_id` that was not there before (one an Asset event started)."""
+        """The id of the oldest run of `dag_id` that was not there before (one an Asset event started)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             new = [r["dag_run_id"] for r in self.runs(dag_id) if r["dag_run_id"] not in after]
             if new:
-                return new[0]
+                return new[-1]  # runs() lists the newest first
             time.sleep(2)
         raise DemoFailed(f"no new {dag_id} run started within {timeout:.0f}s")
 
@@ -150,13 +162,32 @@ def score(port: int) -> dict[str, Any]:
     return result
 
 
-def ship_model(airflow: Airflow, settings: Settings, version: str, workdir: Path) -> None:
+def wait_for_image(airflow: Airflow, ci_before: set[str], version: str, timeout: float = 1800) -> dict[str, Any]:
+    """The `image` event of the ci run that built model `version`.
+
+    The `model` event starts ci; so may a commit landing on the branch meanwhile (the commits watcher).
+    Runs are followed oldest first until one pushed an image of `version`; a failed run ends the demo.
+    """
+    deadline = time.monotonic() + timeout
+    seen = set(ci_before)
+    while True:
+        run_id = airflow.wait_for_new_run("ci", seen, timeout=max(deadline - time.monotonic(), 1))
+        seen.add(run_id)
+        airflow.wait("ci", run_id, timeout=max(deadline - time.monotonic(), 1))
+        image = airflow.xcom("ci", run_id, "push")
+        if isinstance(image, dict) and image.get("model_version") == version:
+            return image
+        step(f"ci {run_id} pushed no image of model {version} (a commit-triggered run); waiting for the next run")
+
+
+def ship_model(airflow: Airflow, settings: Settings, version: str, workdir: Path) -> dict[str, Any]:
+    """One round of the story for model `version`; returns what `modelship status` reports at the end."""
     bin_dir = Path(sys.executable).parent
     package = workdir / version
     step(f"train model {settings.model_name} {version} on scikit-learn's digits and export ONNX")
     run_cli(sys.executable, "-m", "training.train", "--out", str(package), "--version", version)
     step(f"publish {version} to the model store ({settings.model_store})")
-    run_cli(str(bin_dir / "modelship"), "model", "publish", str(package))
+    print(run_cli(str(bin_dir / "modelship"), "model", "publish", str(package)).strip(), flush=True)
 
     ci_before = {r["dag_run_id"] for r in airflow.runs("ci")}
     step(f"trigger model_refresh for {version}: validate, promote")
@@ -164,15 +195,23 @@ def ship_model(airflow: Airflow, settings: Settings, version: str, workdir: Path
     airflow.wait("model_refresh", run_id)
 
     step("ci starts from the `model` Asset event: test, build, smoke-test, push")
-    ci_run = airflow.wait_for_new_run("ci", ci_before)
-    airflow.wait("ci", ci_run, timeout=1800)
+    image = wait_for_image(airflow, ci_before, version)
+    ref = f"{image['repository']}@{image['digest']}"
+    step(f"pushed {ref}\n    tag {image['tag']}: commit {image['commit']}, model {version} ({image['model_sha256']})")
 
-    step("release (docker target): deploy the newest image that passed CI, verify, roll back on failure")
-    run_id = airflow.trigger("release", {"target": "docker"})
+    step("release (docker target) deploys that image by digest: candidate, verify, swap, roll back on failure")
+    run_id = airflow.trigger("release", {"target": "docker", "image": ref})
     airflow.wait("release", run_id)
     score(settings.docker_deploy_port)
+
     step("modelship status")
-    print(run_cli(str(bin_dir / "modelship"), "status", "--target", "docker"), flush=True)
+    print(run_cli(str(bin_dir / "modelship"), "status", "--target", "docker").rstrip(), flush=True)
+    status = json.loads(run_cli(str(bin_dir / "modelship"), "status", "--target", "docker", "--json"))
+    served = (status.get("image_digest"), status.get("commit"), status.get("model_version"))
+    if served != (image["digest"], image["commit"], version):
+        raise DemoFailed(f"status reports digest/commit/model {served}, expected {image['digest']}, "
+                         f"{image['commit']}, {version}")  # fmt: skip
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,13 +229,19 @@ def main(argv: list[str] | None = None) -> int:
         airflow = Airflow(args.airflow, args.user, password)
         for dag_id in ("model_refresh", "ci", "release"):
             airflow.unpause(dag_id)
+        served = []
         with tempfile.TemporaryDirectory(prefix="modelship-demo-") as tmp:
             for _ in range(2):
-                ship_model(airflow, settings, next_version(settings), Path(tmp))
-    except (DemoFailed, OSError, KeyError) as exc:
+                served.append(ship_model(airflow, settings, next_version(settings), Path(tmp)))
+    except (DemoFailed, OSError, KeyError, ValueError) as exc:
         print(f"\ndemo FAILED: {exc}", file=sys.stderr, flush=True)
         return 1
-    step("demo complete: the second model is serving, built and deployed by the same pipeline")
+    first, second = served
+    step(
+        f"demo complete: model {first['model_version']} -> {second['model_version']}, image "
+        f"{first['image_digest'][:19]} -> {second['image_digest'][:19]}, serving on 127.0.0.1:{second['port']} "
+        f"(commit {second['commit'][:12]})"
+    )
     return 0
 
 
