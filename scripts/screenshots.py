@@ -1,0 +1,200 @@
+"""README screenshots of the Airflow UI, taken with Debian's headless Chromium against a running stack.
+
+    make up && make demo                     # green runs of all three DAGs to show
+    .venv/bin/python scripts/screenshots.py  # writes docs/images/*.png (1400x900)
+
+Logs in the way the UI does: a JWT from the simple auth manager (POST /auth/token with the admin
+password `make up` generated) in the `_token` cookie, which the API server reads on every UI request.
+Chromium is driven over the DevTools protocol on a loopback port (set the cookie, open a page, wait until
+it shows what we came for, click the Trigger button, capture), with a fresh profile and every
+background-networking feature off. Needs `apt-get install chromium`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from websockets.sync.client import connect
+
+REPO = Path(__file__).resolve().parents[1]
+WIDTH, HEIGHT = 1400, 900
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", "--hide-scrollbars",
+    "--disable-extensions", "--mute-audio", f"--window-size={WIDTH},{HEIGHT}",
+    "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+]  # fmt: skip
+
+
+class ScreenshotFailed(RuntimeError):
+    pass
+
+
+def api(base: str, method: str, path: str, token: str | None = None, body: dict | None = None) -> Any:
+    request = urllib.request.Request(f"{base}{path}", method=method)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    data = json.dumps(body).encode() if body is not None else None
+    with urllib.request.urlopen(request, data=data, timeout=30) as response:
+        return json.load(response)
+
+
+class Page:
+    """One Chromium tab over the DevTools protocol (only the few commands the screenshots need)."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+
+    def send(self, method: str, **params: Any) -> dict[str, Any]:
+        msg_id = next(self.ids)
+        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
+        while True:  # events arrive in between; we only wait for our answer
+            message = json.loads(self.ws.recv(timeout=60))
+            if message.get("id") == msg_id:
+                if "error" in message:
+                    raise ScreenshotFailed(f"{method}: {message['error']}")
+                return message.get("result", {})
+
+    def js(self, expression: str) -> Any:
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        return result.get("result", {}).get("value")
+
+    def wait_for(self, expression: str, what: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.js(expression):
+                return
+            time.sleep(0.3)
+        raise ScreenshotFailed(f"page did not show {what} within {timeout:.0f}s ({self.js('location.href')})")
+
+    def open(self, url: str) -> None:
+        self.send("Page.navigate", url=url)
+        self.wait_for("document.readyState === 'complete'", "a loaded document")
+
+    def capture(self, out: Path) -> None:
+        time.sleep(1.5)  # let charts and the grid settle after the last request
+        shot = self.send("Page.captureScreenshot", format="png")
+        out.write_bytes(base64.b64decode(shot["data"]))
+        print(f"wrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}", flush=True)
+
+
+@contextlib.contextmanager
+def chromium(binary: str) -> Iterator[Page]:
+    profile = Path(tempfile.mkdtemp(prefix="modelship-chromium-"))
+    proc = subprocess.Popen(
+        [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not port_file.exists() or not port_file.read_text().strip():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise ScreenshotFailed(f"{binary} did not open its DevTools port (exit code {proc.poll()})")
+            time.sleep(0.2)
+        port = int(port_file.read_text().split()[0])
+        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=10))
+        ws_url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+        with connect(ws_url, max_size=64 * 2**20, open_timeout=10) as ws:
+            page = Page(ws)
+            page.send("Page.enable")
+            page.send("Network.enable")
+            page.send("Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT, deviceScaleFactor=1,
+                      mobile=False)  # fmt: skip
+            yield page
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def latest_green_run(base: str, token: str, dag_id: str) -> dict[str, Any]:
+    runs = api(base, "GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit=50&state=success", token)
+    for run in runs["dag_runs"]:
+        tis = api(base, "GET", f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run['dag_run_id'], safe='')}"
+                               "/taskInstances", token)["task_instances"]  # fmt: skip
+        if tis and all(ti["state"] == "success" for ti in tis):  # every task green, none skipped
+            return run
+    raise ScreenshotFailed(f"{dag_id} has no run with every task green: run `make demo` first")
+
+
+# Per DAG: the view of its latest all-green run, and what the UI must show before the picture is worth
+# taking. Two tasks read best as a graph; ci's eight as the grid (every task of the last runs, green)
+# beside the run's task list with durations.
+VIEWS = {
+    "model_refresh": ("graph", "document.querySelectorAll('.react-flow__node').length >= 2"),
+    "ci": ("grid", "document.body.innerText.includes('8 Task Instances')"),
+    "release": ("graph", "document.querySelectorAll('.react-flow__node').length >= 2"),
+}
+SET_VIEW = "localStorage.setItem('default_dag_view', JSON.stringify('{view}'))"  # the UI's grid/graph toggle
+FORM_READY = "[...document.querySelectorAll('[role=dialog]')].some(d => d.innerText.includes('Minimum accuracy'))"
+CLICK_TRIGGER = """(() => {
+  const b = [...document.querySelectorAll('button')].find(e => e.innerText.trim() === 'Trigger');
+  if (b) b.click();
+  return !!b;
+})()"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--airflow", default=os.environ.get("MODELSHIP_AIRFLOW_URL", "http://127.0.0.1:8080"))
+    parser.add_argument("--user", default="admin")
+    parser.add_argument(
+        "--password-file", type=Path,
+        default=REPO / ".state" / "airflow" / "simple_auth_manager_passwords.json.generated",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
+    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    args = parser.parse_args(argv)
+    base = args.airflow.rstrip("/")
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        password = json.loads(args.password_file.read_text())[args.user]
+        token = api(base, "POST", "/auth/token", body={"username": args.user, "password": password})["access_token"]
+        runs = {dag_id: latest_green_run(base, token, dag_id) for dag_id in VIEWS}
+        host = urllib.parse.urlsplit(base).hostname
+        with chromium(args.chromium) as page:
+            page.send("Network.setCookie", name="_token", value=token, domain=host, path="/", httpOnly=True)
+            page.open(f"{base}/dags")
+            for dag_id, run in runs.items():
+                view, ready = VIEWS[dag_id]
+                page.js(SET_VIEW.format(view=view))
+                page.open(f"{base}/dags/{dag_id}/runs/{urllib.parse.quote(run['dag_run_id'], safe='')}")
+                page.wait_for(ready, f"the {dag_id} run in the {view} view")
+                page.capture(args.out / f"dag-{dag_id}.png")
+            page.open(f"{base}/dags/model_refresh")
+            page.wait_for(CLICK_TRIGGER, "the Trigger button")
+            page.wait_for(FORM_READY, "the trigger form")
+            # Fill in the one required field the way a data scientist would, with the version last promoted.
+            page.js("document.getElementById('element_version').focus()")
+            page.send("Input.insertText", text=str((runs["model_refresh"].get("conf") or {}).get("version", "v1")))
+            page.capture(args.out / "trigger-model_refresh.png")
+    except (ScreenshotFailed, OSError, KeyError) as exc:
+        print(f"screenshots FAILED: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
