@@ -83,6 +83,10 @@ class ImagePushError(RuntimeError):
     """The push failed: refused credentials, an unreachable registry (after retries), or a stream error."""
 
 
+class EngineUnavailable(RuntimeError):
+    """The Docker engine stopped answering mid-step: an outage worth a retry, not a verdict on the image."""
+
+
 # ---------------------------------------------------------------------------------------------- lineage
 
 
@@ -309,6 +313,7 @@ def build_image(
             if "error" in chunk or "errorDetail" in chunk:
                 message = (chunk.get("errorDetail") or {}).get("message") or chunk.get("error")
                 output = "\n".join(tail[-15:])
+                _engine_still_there(api, f"the build of {tag} at {step} ({message})")
                 raise ImageBuildError(f"build of {tag} failed at {step}: {message}\n--- last output ---\n{output}")
             if "aux" in chunk and isinstance(chunk["aux"], dict) and chunk["aux"].get("ID"):
                 image_id = chunk["aux"]["ID"]
@@ -328,9 +333,14 @@ def build_image(
                     image_id = line.split()[-1]
     except docker.errors.APIError as exc:
         raise ImageBuildError(f"build of {tag} refused by the engine: {exc.explanation or exc}") from exc
+    except requests.RequestException as exc:  # the connection to the engine broke
+        raise EngineUnavailable(
+            f"Docker engine {_engine(api)} went away during the build of {tag} at {step}: {exc}"
+        ) from exc
     if pending.strip():
         log.info("  %s", pending.rstrip())
     if not image_id:
+        _engine_still_there(api, f"the build of {tag} at {step}")
         raise ImageBuildError(f"build of {tag} ended without an image id:\n" + "\n".join(tail[-15:]))
     inspected = api.inspect_image(image_id)
     image_labels = dict(inspected.get("Config", {}).get("Labels") or {})
@@ -344,6 +354,21 @@ def build_image(
         raise ImageBuildError(f"{tag} was built but does not carry its lineage labels: {details}")
     log.info("built %s = %s in %.1fs", tag, inspected["Id"], time.monotonic() - started)
     return ImageRef(id=inspected["Id"], tag=tag, labels=image_labels)
+
+
+def _engine(api: docker.APIClient) -> str:
+    """The engine's address as configured: unix://<socket> (docker-py calls every socket http+docker://localhost)."""
+    socket_path = getattr(getattr(api, "_custom_adapter", None), "socket_path", None)
+    return f"unix://{socket_path}" if socket_path else api.base_url
+
+
+def _engine_still_there(api: docker.APIClient, during: str) -> None:
+    """Raise EngineUnavailable if the engine does not answer: a step it killed while stopping is not a
+    failed step (that would be a verdict, failing the run without a retry)."""
+    try:
+        api.ping()
+    except (requests.RequestException, docker.errors.DockerException) as exc:
+        raise EngineUnavailable(f"Docker engine {_engine(api)} stopped answering during {during}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------------------- smoke test
