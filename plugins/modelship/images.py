@@ -611,12 +611,27 @@ def push_image(
     else:
         auth_config = {}  # anonymous: never fall back to whatever ~/.docker/config.json holds
 
+    def connect() -> docker.APIClient:
+        try:
+            return _api(docker_like)
+        except docker.errors.APIError as exc:  # DockerHook's login is the first call on its client
+            explanation = str(exc.explanation or exc)
+            if any(word in explanation.lower() for word in _TRANSIENT_PUSH):  # down, not a refusal
+                raise _TransientPushError(f"registry {registry} unreachable for the login: {explanation}") from exc
+            raise ImagePushError(
+                f"registry {registry} refused the credentials of connection {registry_conn!r}: {explanation}"
+            ) from exc
+
     try:
-        api = _api(docker_like)
-    except docker.errors.APIError as exc:  # DockerHook's login is the first call on its client
-        raise ImagePushError(
-            f"registry {registry} refused the credentials of connection {registry_conn!r}: {exc.explanation or exc}"
-        ) from exc
+        api = with_retries(
+            connect,
+            what=f"log in to {registry} to push {target}:{tag}",
+            attempts=attempts,
+            backoff=backoff,
+            transient=lambda exc: isinstance(exc, _TransientPushError),
+        )
+    except _TransientPushError as exc:
+        raise ImagePushError(f"push of {target}:{tag} failed after {attempts} attempts: {exc}") from exc
     api.tag(image, target, tag=tag)
     log.info("pushing %s as %s:%s", image, target, tag)
     started = time.monotonic()
