@@ -7,9 +7,13 @@ need is `airflow_stack` in airflow_stack.py, loaded by the modules that use it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+
+from modelship import localstack
+from tests.e2e.pipeline import REPO
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +24,25 @@ def hardening_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("hardening-model") / "digits-v1"
     train_package(path, version="v1")
     return path
+
+
+@pytest.fixture
+def dag_env(airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hardening_model: Path) -> Path:
+    """Settings for the DAGs: a local model store with v1 promoted, this repository as the source."""
+    from modelship.model_store import LocalModelStore
+
+    store = tmp_path / "models"
+    LocalModelStore(store).publish(hardening_model)
+    LocalModelStore(store).promote("digits", "v1")
+    monkeypatch.setenv("MODELSHIP_STATE", str(tmp_path / "state"))
+    monkeypatch.setenv("MODELSHIP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MODELSHIP_MODEL_STORE", f"local:{store}")
+    monkeypatch.setenv("MODELSHIP_SOURCE_REPO", str(REPO))
+    return store
+
+
+@pytest.fixture
+def registry_conn(registry: localstack.Registry, monkeypatch: pytest.MonkeyPatch) -> str:
+    conn = {"conn_type": "docker", "host": registry.address, "login": registry.username, "password": registry.password}
+    monkeypatch.setenv("AIRFLOW_CONN_MODELSHIP_REGISTRY", json.dumps(conn))
+    return registry.address

@@ -7,43 +7,12 @@ Already proven elsewhere, not repeated here: model_refresh without a version is 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from modelship import localstack
 from tests.e2e.pipeline import REPO, run_dag, task_states
-
-
-def try_numbers(dag_run) -> dict[str, int]:
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        return {ti.task_id: ti.try_number for ti in dag_run.get_task_instances(session=session)}
-
-
-@pytest.fixture
-def dag_env(airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hardening_model: Path) -> Path:
-    """Settings for the DAGs: a local model store with v1 promoted, this repository as the source."""
-    from modelship.model_store import LocalModelStore
-
-    store = tmp_path / "models"
-    LocalModelStore(store).publish(hardening_model)
-    LocalModelStore(store).promote("digits", "v1")
-    monkeypatch.setenv("MODELSHIP_STATE", str(tmp_path / "state"))
-    monkeypatch.setenv("MODELSHIP_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("MODELSHIP_MODEL_STORE", f"local:{store}")
-    monkeypatch.setenv("MODELSHIP_SOURCE_REPO", str(REPO))
-    return store
-
-
-@pytest.fixture
-def registry_conn(registry: localstack.Registry, monkeypatch: pytest.MonkeyPatch) -> str:
-    conn = {"conn_type": "docker", "host": registry.address, "login": registry.username, "password": registry.password}
-    monkeypatch.setenv("AIRFLOW_CONN_MODELSHIP_REGISTRY", json.dumps(conn))
-    return registry.address
-
+from tests.hardening.support import try_numbers
 
 # --- refused when the run is created ----------------------------------------------------------------------
 

@@ -1,0 +1,224 @@
+"""Faults the harness can really cause: the registry and the Docker engine stopped while their step runs.
+
+What exists elsewhere and is not repeated: the blob store going away during a fetch (retried, then a clear
+StoreUnavailable, nothing at dest: tests/plugins/test_model_store.py), an unreachable registry for
+RegistryClient and push_image (tests/plugins/test_registry.py), bad releases rolled back on the docker
+target (tests/plugins/test_deploy_docker.py), red ci runs that push nothing (tests/e2e/test_ci_dag.py).
+
+Added here: the ci DAG's push step with the registry stopped (both retry layers, a red run, nothing in the
+registry once it is back); the engine stopped in the middle of a build (no image left under the tag) and
+while a release deploys (a retryable error, the old version serving again once the engine is back, and the
+retried release then going through). The registry and the engine are session fixtures shared with other
+tests: every test here brings them back in `finally`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+
+import docker
+import pytest
+
+from modelship import images, localstack
+from modelship.registry import RegistryClient
+from tests.e2e.pipeline import REPO, git, task_states
+from tests.hardening.support import try_numbers
+from tests.plugins.deploy_fixtures import build_standin
+
+REPOSITORY = "modelship/digits-app"
+
+
+def restart_engine(engine: localstack.DockerEngine, client: docker.DockerClient) -> None:
+    engine.start()
+    # Pooled connections to the old socket are dead: the first calls may fail until the pool renews them.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.ping()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+# --- registry down during the ci DAG's push ----------------------------------------------------------
+
+
+@pytest.fixture
+def quick_source(tmp_path: Path) -> tuple[Path, str]:
+    """A throwaway clone of this repository with one extra commit that keeps only the app's quick
+    packaging tests: the ci run still checks out, tests, builds and smoke-tests this commit for real, only
+    sooner (the push step is what is under test). Returns (clone, commit)."""
+    clone = tmp_path / "src"
+    git("clone", "-q", "--no-hardlinks", str(REPO), str(clone))
+    slow = [p.relative_to(clone) for p in (clone / "tests" / "app").glob("test_*.py") if p.name != "test_packaging.py"]
+    git("rm", "-q", *map(str, slow), cwd=clone)
+    git("-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "quick tests only", cwd=clone)
+    return clone, git("rev-parse", "HEAD", cwd=clone)
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+def test_ci_push_with_the_registry_down_retries_then_fails_and_pushes_nothing(
+    dag_env, registry_conn, registry: localstack.Registry, docker_engine: localstack.DockerEngine,
+    quick_source, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from airflow.dag_processing.dagbag import DagBag
+
+    from modelship import ci as ci_steps
+
+    clone, commit = quick_source
+    monkeypatch.setenv("MODELSHIP_SOURCE_REPO", str(clone))
+    monkeypatch.setenv("MODELSHIP_CACHE", str(localstack.CACHE_DIR))  # wheelhouse and test venv, as in e2e
+    monkeypatch.setenv("MODELSHIP_BASE_IMAGE", localstack.BASE_IMAGE)
+    monkeypatch.setenv("MODELSHIP_DOCKER_HOST", docker_engine.url)
+
+    real_push = ci_steps.push
+
+    def push_with_the_registry_down(candidate: dict) -> dict:
+        registry.stop()  # everything before push talked to the registry; now it is gone
+        return real_push(candidate)
+
+    monkeypatch.setattr(ci_steps, "push", push_with_the_registry_down)
+    bag = DagBag(dag_folder=str(REPO / "dags" / "ci.py"), safe_mode=False)
+    dag = bag.get_dag("ci")
+    # One Airflow retry after a second instead of three after 10-40 s: the same mechanism, sooner.
+    dag.task_dict["push"].retries = 1
+    dag.task_dict["push"].retry_delay = timedelta(seconds=1)
+    try:
+        run = dag.test(run_conf={"commit": commit})
+    finally:
+        registry.start()
+    states = task_states(run)
+    output = capfd.readouterr()
+    logs = output.out + output.err
+    assert str(run.state) == "failed", states
+    assert states["smoke_test"] == "success" and states["push"] == "failed", states
+    tag = f"{commit[:12]}-v1"
+    # Inside each attempt: push_image's own retries with exponential backoff (2 s, 4 s, 8 s) ...
+    for number, delay in ((1, 2.0), (2, 4.0), (3, 8.0)):
+        assert f"{tag} failed" in logs and f"retry {number}/3 in {delay:.1f}s" in logs, logs[-3000:]
+    assert f"push of {registry.address}/{REPOSITORY}:{tag} failed after 4 attempts" in logs
+    # ... and Airflow's retry of the task on top: a second try, failing the same way.
+    assert try_numbers(run)["push"] == 2
+    assert logs.count(f"{tag} failed after 4 attempts") >= 2
+    client = RegistryClient(registry.address, registry.username, registry.password)
+    try:
+        assert client.digest(REPOSITORY, tag) is None  # nothing half-pushed became a tag
+        assert tag not in client.tags(REPOSITORY)
+    finally:
+        client.close()
+    assert not list((Path(dag_env).parent / "state" / "work" / "ci").glob("*"))  # the teardown cleaned up
+
+
+# --- Docker engine stopped during a build ---------------------------------------------------------------
+
+# A build step that runs long enough to lose the engine under it, and stops at once on SIGTERM.
+SLOW_DOCKERFILE = """\
+ARG BASE_IMAGE
+FROM ${BASE_IMAGE}
+ARG PAUSE=0
+RUN sh -c 'trap "exit 143" TERM; echo building; sleep "$PAUSE" & wait'
+"""
+
+
+@pytest.mark.docker
+def test_engine_stopped_mid_build_is_a_retryable_error_and_leaves_no_image(
+    docker_engine: localstack.DockerEngine, docker_client, tmp_path: Path
+) -> None:
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(SLOW_DOCKERFILE)
+    tag = "modelship-hardening/engine-gone:latest"
+    outcome: dict[str, BaseException] = {}
+
+    def build() -> None:
+        try:
+            images.build_image(docker_client.api, context, tag, {"BASE_IMAGE": localstack.BASE_IMAGE, "PAUSE": "120"})
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=build)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not docker_client.containers.list(filters={"ancestor": localstack.BASE_IMAGE}):
+            assert time.monotonic() < deadline and worker.is_alive(), outcome
+            time.sleep(0.2)
+        docker_engine.stop()
+        worker.join(60)
+    finally:
+        restart_engine(docker_engine, docker_client)
+    assert not worker.is_alive()
+    # The engine killed the RUN step while stopping: not a failed step (ImageBuildError, the verdict the ci
+    # DAG fails at once on) but an outage, left to the task's retries with exponential backoff.
+    error = outcome.get("error")
+    assert isinstance(error, images.EngineUnavailable), repr(error)
+    assert not isinstance(error, images.ImageBuildError)
+    assert f"Docker engine {docker_engine.url} stopped answering during the build of {tag} at Step 4/4" in str(error)
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(tag)
+    # The engine is back: the retried build goes through.
+    built = images.build_image(docker_client.api, context, tag, {"BASE_IMAGE": localstack.BASE_IMAGE, "PAUSE": "0"})
+    assert docker_client.images.get(tag).id == built.id
+    docker_client.images.remove(tag, force=True)
+
+
+# --- Docker engine stopped during a release ---------------------------------------------------------------
+
+
+def serving_commit(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=5) as response:
+        return json.load(response)["commit"]
+
+
+def wait_serving(port: int, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return serving_commit(port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+@pytest.mark.docker
+def test_engine_down_during_a_release_fails_retryably_and_the_old_version_comes_back(
+    docker_engine: localstack.DockerEngine, docker_client, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from airflow.sdk.exceptions import AirflowException
+
+    from modelship.deploy import DeploymentFailed
+    from modelship.deploy.docker import DockerTarget
+
+    port = localstack.free_port()
+    v1 = build_standin(docker_client, "modelship-hardening/standin:v1", "hardening-v1")
+    v2 = build_standin(docker_client, "modelship-hardening/standin:v2", "hardening-v2")
+    try:
+        DockerTarget(docker_host=docker_engine.url, port=port, ready_timeout=20).deploy(v1.tag, v1.lineage())
+        assert serving_commit(port) == v1.commit
+        docker_engine.stop()
+        try:
+            with pytest.raises(AirflowException) as failed:
+                DockerTarget(docker_host=docker_engine.url, port=port, ready_timeout=20).deploy(v2.tag, v2.lineage())
+        finally:
+            restart_engine(docker_engine, docker_client)
+        # Not DeploymentFailed (the verdict the release DAG does not retry): an outage, retried with backoff.
+        assert not isinstance(failed.value, DeploymentFailed)
+        output = capfd.readouterr()  # the Docker provider's hook names the engine in the task log
+        assert f"Failed to establish connection to Docker host {docker_engine.url}" in output.out + output.err
+        # The engine restarts the serving container (restart policy): v1 serves again, untouched by v2.
+        assert wait_serving(port) == v1.commit
+        # The retry, now that the engine is back, goes through and is verified.
+        event = DockerTarget(docker_host=docker_engine.url, port=port, ready_timeout=20).deploy(v2.tag, v2.lineage())
+        assert event["commit"] == v2.commit and serving_commit(port) == v2.commit
+    finally:
+        for container in docker_client.containers.list(all=True, filters={"label": f"io.modelship.port={port}"}):
+            container.remove(force=True)
