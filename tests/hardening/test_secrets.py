@@ -1,0 +1,172 @@
+"""Credentials stay out of what modelship produces: image layers, image history and config, rendered
+Kubernetes manifests; and the app container it deploys holds no privilege.
+
+The credentials scanned for are the real ones of the session: the harness registry's random password
+(and the base64 `user:password` a Docker auth config would carry), the Azurite account key of the blob
+connection, and a kube token. The scanner is first shown to find a secret that *is* baked into an image,
+so a clean result means something.
+
+Task logs (Airflow's masking) are scanned in test_airflow_stack.py, where a real scheduler writes them.
+The registry refusing anonymous pushes is tests/plugins/test_registry.py::test_anonymous_access_is_refused
+and tests/harness/test_localstack.py::test_registry_refuses_anonymous_access.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelship import images, localstack
+from modelship.manifest import manifest_sha256
+from tests.e2e.pipeline import REPO
+
+pytestmark = [pytest.mark.docker, pytest.mark.registry]
+
+REGISTRY_CONN = "modelship_hardening_registry"
+KUBE_CONN = "modelship_hardening_kube"
+KUBE_TOKEN = "kube-token-" + "7f3a9c" * 6
+COMMIT = "5" * 40
+
+
+@pytest.fixture(scope="module")
+def secrets(registry: localstack.Registry) -> dict[str, bytes]:
+    auth = base64.b64encode(f"{registry.username}:{registry.password}".encode())
+    return {
+        "registry password": registry.password.encode(),
+        "registry auth (base64 user:password)": auth,
+        "Azurite account key": localstack.AZURITE_KEY.encode(),
+        "kube token": KUBE_TOKEN.encode(),
+    }
+
+
+@pytest.fixture(scope="module")
+def connections(registry: localstack.Registry, azurite: localstack.Azurite) -> Iterator[None]:
+    """The connections a ci/release worker has: registry, blob store, cluster."""
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"token": KUBE_TOKEN}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    values = {
+        REGISTRY_CONN: {
+            "conn_type": "docker",
+            "host": registry.address,
+            "login": registry.username,
+            "password": registry.password,
+        },  # fmt: skip
+        "modelship_blob": {"conn_type": "wasb", "extra": {"connection_string": azurite.connection_string}},
+        KUBE_CONN: {"conn_type": "kubernetes", "extra": {"kube_config": json.dumps(kubeconfig)}},
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for conn_id, value in values.items():
+            patch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(value))
+        yield
+
+
+def leaks(chunks: Iterable[bytes], secrets: dict[str, bytes]) -> set[str]:
+    """Names of the secrets found anywhere in a stream of bytes (also across chunk boundaries)."""
+    found: set[str] = set()
+    overlap = max(len(s) for s in secrets.values())
+    tail = b""
+    for chunk in chunks:
+        window = tail + chunk
+        found |= {name for name, secret in secrets.items() if secret in window}
+        tail = window[-overlap:]
+    return found
+
+
+def image_leaks(docker_client, image_id: str, secrets: dict[str, bytes]) -> dict[str, set[str]]:
+    """Where each secret shows: the image's history, its config (inspect), its layers (`docker save`)."""
+    api = docker_client.api
+    history = json.dumps(api.history(image_id)).encode()
+    config = json.dumps(api.inspect_image(image_id)).encode()
+    return {
+        "history": leaks([history], secrets),
+        "config": leaks([config], secrets),
+        "layers": leaks(api.get_image(image_id, chunk_size=1 << 20), secrets),
+    }
+
+
+def test_the_scan_finds_a_credential_that_was_baked_into_an_image(docker_client, tmp_path, secrets) -> None:
+    context = tmp_path / "leaky"
+    context.mkdir()
+    (context / "Dockerfile").write_text('ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nARG TOKEN\nRUN echo "$TOKEN" > /leak\n')
+    password = secrets["registry password"].decode()
+    args = {"BASE_IMAGE": localstack.BASE_IMAGE, "TOKEN": password}
+    built = images.build_image(docker_client, context, "modelship-hardening/leaky:latest", args)
+    try:
+        found = image_leaks(docker_client, built.id, secrets)
+        assert "registry password" in found["history"]  # classic builder: build args show in history
+        assert "registry password" in found["layers"]  # and the file holds it
+    finally:
+        docker_client.images.remove(built.id, force=True)
+
+
+@pytest.fixture(scope="module")
+def app_image(docker_client, docker_engine, connections, hardening_model: Path, tmp_path_factory):
+    """The real app image, built the way ci's build step builds it: a DockerHook logged into the registry
+    with the connection's credentials, the lineage as build args."""
+    wheels = images.wheelhouse(REPO / "app" / "requirements.txt", localstack.CACHE_DIR)  # shared with e2e
+    context = images.build_context(REPO / "app", hardening_model, wheels, tmp_path_factory.mktemp("app") / "ctx")
+    lineage = images.Lineage(commit=COMMIT, model_name="digits", model_version="v1",
+                             model_sha256=manifest_sha256(hardening_model), source=str(REPO))  # fmt: skip
+    hook = images.docker_hook(REGISTRY_CONN, docker_engine.url)
+    args = lineage.build_args(localstack.BASE_IMAGE)
+    built = images.build_image(hook, context, "modelship-hardening/app:secrets", args)
+    return built, lineage
+
+
+def test_the_app_image_holds_no_credential_in_layers_history_or_config(docker_client, app_image, secrets) -> None:
+    built, _ = app_image
+    found = image_leaks(docker_client, built.id, secrets)
+    assert found == {"history": set(), "config": set(), "layers": set()}
+
+
+def test_the_deployed_app_container_has_no_privilege_at_all(docker_client, docker_engine, app_image) -> None:
+    from modelship.deploy.docker import DockerTarget
+
+    built, lineage = app_image
+    port = localstack.free_port()
+    target = DockerTarget(docker_host=docker_engine.url, port=port, ready_timeout=60)
+    try:
+        event = target.deploy(built.id, {"commit": lineage.commit, "model_version": "v1"})
+        container = docker_client.containers.get(event["revision"])
+        host = container.attrs["HostConfig"]
+        assert host["Privileged"] is False and not host["CapAdd"] and host["ReadonlyRootfs"] is True
+        # What the kernel says about the serving process itself (PID 1 of the container).
+        status = dict(
+            line.split(":\t", 1) for line in container.exec_run(["cat", "/proc/1/status"]).output.decode().splitlines()
+        )
+        for capability_set in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            assert int(status[capability_set], 16) == 0, (capability_set, status[capability_set])
+        assert status["NoNewPrivs"].strip() == "1"
+        assert all(int(uid) != 0 for uid in status["Uid"].split())  # real, effective, saved, fs
+        assert all(int(gid) != 0 for gid in status["Gid"].split())
+        write = container.exec_run(["sh", "-c", "echo x > /app/x"])
+        assert write.exit_code != 0 and b"Read-only file system" in write.output
+    finally:
+        for leftover in docker_client.containers.list(all=True, filters={"label": f"io.modelship.port={port}"}):
+            leftover.remove(force=True)
+
+
+@pytest.mark.parametrize("overlay", ["aks", "local"])
+def test_rendered_manifests_hold_no_registry_or_cluster_credential(connections, secrets, overlay: str) -> None:
+    from modelship.deploy.kubernetes import KubernetesTarget
+
+    # The target is configured with both connections, as the release DAG configures it; rendering must
+    # name the pull secret only, whose contents are written to the cluster through the API, not the YAML.
+    target = KubernetesTarget(KUBE_CONN, registry_conn_id=REGISTRY_CONN, namespace="modelship")
+    image = f"127.0.0.1:5000/modelship/digits-app@sha256:{'a' * 64}"
+    objects = target.render(REPO / "k8s" / "overlays" / overlay, image, {"commit": COMMIT, "model_version": "v1"})
+    text = yaml.safe_dump_all(objects).encode()
+    assert leaks([text], secrets) == set()
+    assert all(obj["kind"] != "Secret" for obj in objects)
+    assert b"modelship-registry" in text  # the pull secret is referenced by name
