@@ -1,7 +1,8 @@
 # modelship: CI/CD for AI applications on Apache Airflow 3.
 #   make up     install what is missing, start the local stack and Airflow on 127.0.0.1:8080
 #   make down   stop everything `make up` started
-#   make test   the whole test suite (it starts the real components it needs itself)
+#   make test   the whole test suite (it starts the real components it needs itself, the local Kubernetes
+#               cluster and the compose stack included); `make test QUICK=1` leaves those two out
 SHELL := /bin/bash
 PY := .venv/bin/python
 
@@ -26,8 +27,11 @@ status:
 lint: bootstrap
 	.venv/bin/ruff check .
 
+# The real-cluster (shared/k8s-local) and compose-stack suites are opt-in inside pytest, on here.
+FULL := $(if $(QUICK),0,1)
 test: bootstrap lint
-	.venv/bin/pytest $(PYTEST_ARGS)
+	MODELSHIP_K8S=$${MODELSHIP_K8S:-$(FULL)} MODELSHIP_DISTRIBUTED=$${MODELSHIP_DISTRIBUTED:-$(FULL)} \
+	  .venv/bin/pytest $(PYTEST_ARGS)
 
 # Re-resolve requirements.in into the fully pinned requirements.txt (needs PyPI).
 lock:

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs what modelship needs on a fresh Debian/Ubuntu machine (as root), idempotently:
-# the system packages (Docker engine, registry, debootstrap tool, htpasswd, Node/npm for Azurite, git)
+# the system packages (Docker engine, Compose, registry, debootstrap tool, htpasswd, Node/npm for Azurite, git)
 # and .venv from the pinned requirements.txt. A second run with nothing to do takes about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 for pair in dockerd:docker.io docker-registry:docker-registry mmdebstrap:mmdebstrap htpasswd:apache2-utils \
-            npm:npm git:git; do
+            docker-compose:docker-compose npm:npm git:git; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
