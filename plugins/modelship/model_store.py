@@ -726,6 +726,13 @@ class BlobModelStore(ModelStore):
                     f"model store {self}: Airflow connection {self.wasb_conn_id!r} is not defined "
                     f"(create it in Airflow, set {env}, or point MODELSHIP_WASB_CONN_ID elsewhere)"
                 ) from exc
+            # Airflow masks the connection string in task logs only as a whole; the account key inside it
+            # (and one given as a separate field) would show if anything logged it alone.
+            account_key = getattr(getattr(service, "credential", None), "account_key", None)
+            if account_key:
+                from airflow.sdk.log import mask_secret
+
+                mask_secret(account_key)
             self._client = service.get_container_client(self.container)
         return self._client
 
