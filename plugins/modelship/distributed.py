@@ -189,6 +189,8 @@ def _build(client: docker.DockerClient, spec: ImageSpec, key: str) -> None:
             shutil.copy2(requirements, context / "requirements.txt")
             for reqs in (requirements, context / "requirements-bookworm.txt"):
                 _link_tree(images.wheelhouse(reqs, localstack.CACHE_DIR), context / "wheels")
+            extra = context / "requirements-extra.txt"
+            _link_tree(images.wheelhouse(extra, localstack.CACHE_DIR), context / "wheels-extra")
         print(f"  building {spec.name} from dockerfiles/{spec.folder} on {base}…", flush=True)
         images.build_image(client, context, spec.name, {"BASE_IMAGE": base}, labels={BUILD_KEY_LABEL: key})
 
@@ -291,14 +293,15 @@ class Distributed:
 
     def airflow_environment(self) -> dict[str, str]:
         """airflow.env: the same connections and MODELSHIP_* settings `make up` uses, for this stack's
-        registry and Azurite. Container paths (state, Docker socket, source) are set by the compose file."""
-        layout = {"MODELSHIP_STATE", "MODELSHIP_DOCKER_HOST", "MODELSHIP_SOURCE_REPO", "MODELSHIP_CACHE"}
+        registry and Azurite. Paths tied to the compose file's mounts (state, cache, Docker socket) are set there."""
+        layout = {"MODELSHIP_STATE", "MODELSHIP_DOCKER_HOST", "MODELSHIP_CACHE"}
         env = {
             k: v
             for k, v in self.stack.environment().items()
             if k.startswith(("AIRFLOW_CONN_", "MODELSHIP_")) and k not in layout
         }
         env["MODELSHIP_DOCKER_DEPLOY_PORT"] = str(self.ports.deploy)
+        env["MODELSHIP_SOURCE_REPO"] = "/opt/modelship/source"  # source_dir, mounted read-only
         # Containers here cannot reach a package index (the host's TLS trust is not theirs): the ci DAG's
         # app-test venv and image wheelhouse install from the host-made wheelhouse mounted read-only.
         env["PIP_NO_INDEX"] = "1"
