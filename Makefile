@@ -49,3 +49,10 @@ up-distributed: bootstrap
 
 down-distributed:
 	@if [ -x $(PY) ]; then $(PY) -m modelship.distributed down; fi
+
+# Benchmarks (bench/): each prints its baseline, result and ratio; together they write bench/RESULTS.md.
+# Long (about 1.5 h on 2 cores); `make bench BENCH_ARGS="--only parse serving"` runs some of them.
+.PHONY: bench
+bench: bootstrap
+	@command -v wrk >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+	$(PY) -m bench.run_all $(BENCH_ARGS)

@@ -1,0 +1,153 @@
+"""Incremental CI: a code-only change ÷ a cold build (target <= 0.25), and what the warm run moved:
+bytes of model downloaded (model store stats) and the model layer pushed (the push stream says "Layer
+already exists" or "Pushed"): target 0 and 0.
+
+Each pair starts from nothing modelship keeps: a fresh Docker engine (only the base image), an empty
+registry, a fresh Azurite with the model published, an empty model cache. The cold run is the ci DAG
+(dag.test()) for one commit; the warm run is the ci DAG for the next commit, which changes app code only
+(a comment in app/classifier/routes.py). Caches keyed by requirements (the wheelhouse, the app's test
+venv) are kept in both: rebuilding them measures PyPI, not modelship.
+
+    python -m bench.bench_incremental [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+from typing import Any
+
+from bench import common
+
+TOPIC = "incremental"
+TARGET = "<= 0.25"
+
+
+def one_pair(i: int, logs: Any) -> dict[str, Any]:
+    from modelship.ci import image_tag
+
+    with common.BenchStack(f"{TOPIC}-{i}") as stack:
+        env = stack.env()
+        source = common.SourceRepo(stack.root / "source")
+        env["MODELSHIP_SOURCE_REPO"] = str(source.path)
+        stack.apply(env)
+        with common.output_to(logs):
+            common.publish_and_promote(common.train(stack.root, "v1"))
+            runs: dict[str, Any] = {}
+            for kind in ("cold", "warm"):
+                commit = source.code_change()
+                pushes, stores = common.PushRecorder(), common.StoreRecorder()
+                with pushes.installed(), stores.installed():
+                    timing = common.run_dag("ci", {"commit": commit})
+                if timing.state != "success":
+                    raise RuntimeError(f"{kind} ci run failed: {timing.tasks}; see {logs}")
+                api = stack.docker_api()
+                layer = common.model_layer(api, f"{common.REPOSITORY}:{image_tag(commit, 'v1')}")
+                pushed = pushes.pushes[-1]
+                model_push = pushed.get(layer or "", {})
+                runs[kind] = {
+                    "seconds": timing.seconds,
+                    "tasks": {k: v["seconds"] for k, v in timing.tasks.items()},
+                    "model_bytes_downloaded": stores.total("bytes_downloaded"),
+                    "model_cache_hits": stores.total("cache_hits"),
+                    "model_layer": layer,
+                    "model_layer_status": (model_push.get("statuses") or ["?"])[-1],
+                    "model_layer_bytes_pushed": model_push.get("bytes", 0)
+                    if "Pushed" in model_push.get("statuses", [])
+                    else 0,
+                    "layers_pushed": sum("Pushed" in v["statuses"] for v in pushed.values()),
+                    "layers_existing": sum("Layer already exists" in v["statuses"] for v in pushed.values()),
+                    "bytes_pushed": sum(v["bytes"] for v in pushed.values() if "Pushed" in v["statuses"]),
+                }
+    return runs
+
+
+def test_durations(logs: Any) -> list[dict[str, Any]]:
+    """The slowest of the app's own tests (pytest --durations), from a clean clone: the test step's profile."""
+    from modelship import apptests
+
+    root = common.STATE / f"{TOPIC}-durations"
+    source = common.SourceRepo(root / "source")
+    venv = apptests.environment(source.path, common.SHARED_CACHE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTHON"))}
+    env["PYTHONPATH"] = os.pathsep.join(str(source.path / p) for p in (".", "plugins", "app"))
+    done = subprocess.run([str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--durations=8", "tests/app"], cwd=source.path, env=env, capture_output=True,
+                          text=True)  # fmt: skip
+    shutil.rmtree(root, ignore_errors=True)
+    rows = []
+    for line in done.stdout.splitlines():
+        match = re.match(r"^([\d.]+)s (call|setup|teardown)\s+(\S+)", line)
+        if match:
+            rows.append({"seconds": float(match.group(1)), "phase": match.group(2), "test": match.group(3)})
+    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    rows.append({"seconds": "", "phase": "", "test": f"whole session: {summary}"})
+    return rows
+
+
+def main(runs: int) -> common.Report:
+    report = common.Report(TOPIC, "Incremental CI: a code-only change ÷ a cold build")
+    logs = common.log_file(TOPIC)
+    logs.unlink(missing_ok=True)
+    with common.output_to(logs):
+        common.use_airflow_home(common.STATE / f"{TOPIC}-airflow")
+    pairs = []
+    for i in range(runs):
+        pair = one_pair(i, logs)
+        pairs.append(pair)
+        print(f"pair {i + 1}/{runs}: cold {pair['cold']['seconds']:.0f} s, warm {pair['warm']['seconds']:.0f} s, "
+              f"warm downloaded {pair['warm']['model_bytes_downloaded']} model bytes, model layer "
+              f"{pair['warm']['model_layer_status']!r} (load {common.loadavg()})", flush=True)  # fmt: skip
+
+    report.add("code-only change ÷ cold build", "cold ci run", [p["cold"]["seconds"] for p in pairs],
+               "warm ci run (code-only change)", [p["warm"]["seconds"] for p in pairs], "s", target=TARGET)  # fmt: skip
+    # The app's tests run in full in both (as they must) and their duration swings with the machine's load;
+    # without them, what is left is what the caches are for: model fetch, build, push.
+    report.add("code-only change ÷ cold build, without the test task", "cold run − its test task",
+               [p["cold"]["seconds"] - (p["cold"]["tasks"]["test"] or 0) for p in pairs],
+               "warm run − its test task", [p["warm"]["seconds"] - (p["warm"]["tasks"]["test"] or 0) for p in pairs],
+               "s", target=TARGET)  # fmt: skip
+    warm_bytes = [p["warm"]["model_bytes_downloaded"] for p in pairs]
+    warm_layer = [p["warm"]["model_layer_bytes_pushed"] for p in pairs]
+    statuses = sorted({p["warm"]["model_layer_status"] for p in pairs})
+    bytes_met = "met" if not any(warm_bytes) else "MISSED"
+    layer_met = "met" if not any(warm_layer) and statuses == ["Layer already exists"] else "MISSED"
+    report.note(f"warm runs: model bytes downloaded {warm_bytes} (target 0: {bytes_met}); model layer bytes "
+                f"pushed {warm_layer}, push stream says {statuses} (target 0: {layer_met})")  # fmt: skip
+    cold_bytes = [p["cold"]["model_bytes_downloaded"] for p in pairs]
+    cold_status = sorted({p["cold"]["model_layer_status"] for p in pairs})
+    report.note(f"cold runs for comparison: model bytes downloaded {cold_bytes}, model layer {cold_status}, "
+                f"bytes pushed {[p['cold']['bytes_pushed'] for p in pairs]}")  # fmt: skip
+    tasks = sorted({t for p in pairs for kind in ("cold", "warm") for t in p[kind]["tasks"]})
+    report.table("Median seconds per task, cold vs warm (the profile)", [
+        {"task": t,
+         "cold s": round(common.median([p["cold"]["tasks"][t] or 0 for p in pairs]), 2),
+         "warm s": round(common.median([p["warm"]["tasks"][t] or 0 for p in pairs]), 2)}
+        for t in tasks
+    ] + [{"task": "whole run (wall)", "cold s": round(common.median([p["cold"]["seconds"] for p in pairs]), 2),
+          "warm s": round(common.median([p["warm"]["seconds"] for p in pairs]), 2)}])  # fmt: skip
+    report.table("Every pair", [
+        {"pair": i + 1, "run": kind, "seconds": round(p[kind]["seconds"], 1),
+         "model bytes downloaded": p[kind]["model_bytes_downloaded"], "model layer": p[kind]["model_layer"],
+         "model layer push": p[kind]["model_layer_status"], "layers pushed": p[kind]["layers_pushed"],
+         "layers already there": p[kind]["layers_existing"],
+         "layer bytes pushed (push progress totals)": p[kind]["bytes_pushed"]}
+        for i, p in enumerate(pairs) for kind in ("cold", "warm")
+    ])  # fmt: skip
+    with common.output_to(logs):
+        durations = test_durations(logs)
+    report.table("The test task's profile: slowest tests of tests/app (pytest --durations=8)", durations)
+    pair_min = common.median([p["cold"]["seconds"] + p["warm"]["seconds"] for p in pairs]) / 60
+    report.note(f"{runs} cold/warm pairs: each pair needs a fresh Docker engine, registry and Azurite and its two "
+                f"runs take {pair_min:.0f} min here (plus the stack's start), so {runs} rather than 5.")  # fmt: skip
+    return report
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    common.run_cli(lambda: main(args.runs))

@@ -1,0 +1,294 @@
+"""Serving: /score throughput and p50/p99 latency of the app container on 2 cores, at 1 and 16 concurrent
+clients, one image per request, against the in-process onnxruntime rate for the same input (the limit).
+
+The image is the one CI builds (modelship.images, from a clean clone of HEAD and a freshly trained
+model), run as the docker target runs it (host network, read-only, no capabilities) with --cpus 2.
+Load: wrk (closed loop: each connection sends its next request when the answer arrives), the body is
+one held-out digit as a 64x64 PNG, the smoke test's. wrk shares the 2 cores with the server; its CPU
+time is reported.
+
+Baselines, each measured in fresh processes on the same model and input:
+- "onnxruntime": InferenceSession.run on the 64 features of that image, in a loop (1 process for
+  1 client, 2 processes = both cores for 16): the limit.
+- "app pipeline": base64 decode + image_to_features + predict + top-3, in a loop (the app's own work).
+- "Flask in-process": POST /score through Flask's test client (the app without sockets or gunicorn).
+
+Tuned: APP_WORKERS × APP_THREADS × ORT_THREADS (app/gunicorn.conf.py, app/classifier). The winner is the
+highest median throughput at 16 clients; its p99 is reported beside it.
+
+    python -m bench.bench_serving [--runs 5] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import common
+
+TOPIC = "serving"
+# (APP_WORKERS, APP_THREADS, ORT_THREADS): the shipped default first.
+CONFIGS = [(2, 1, 1), (1, 1, 1), (3, 1, 1), (4, 1, 1), (2, 2, 1), (2, 4, 1), (1, 4, 2), (2, 1, 2)]
+CLIENTS = (1, 16)
+
+
+# --------------------------------------------------------------------------------------------- in-process
+
+
+def _rate_worker(layer: str, model_dir: str, body: bytes, seconds: float, out: Any) -> None:
+    sys.path.insert(0, str(common.REPO / "app"))
+    import numpy as np
+
+    from classifier import create_app
+    from classifier.imaging import decode_base64, image_to_features
+    from classifier.model import load
+
+    image = json.loads(body)["images"][0]
+    model = load(model_dir, threads=1)
+    features = image_to_features(decode_base64(image), 4096 * 4096)[None, :]
+    client = create_app({"MODEL_DIR": model_dir}).test_client() if layer == "flask" else None
+
+    def once() -> None:
+        if layer == "onnxruntime":
+            model.predict(features)
+        elif layer == "pipeline":
+            row = model.predict(image_to_features(decode_base64(image), 4096 * 4096)[None, :])[0]
+            json.dumps([{"label": model.labels[i], "probability": float(row[i])} for i in np.argsort(-row)[:3]])
+        else:
+            response = client.post("/score", data=body, content_type="application/json")
+            assert response.status_code == 200
+
+    for _ in range(50):  # warm-up
+        once()
+    count, cpu = 0, time.process_time()
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        once()
+        count += 1
+    out.put((count / seconds, (time.process_time() - cpu) / count))
+
+
+def inprocess_rate(layer: str, model_dir: Path, body: bytes, processes: int, seconds: float) -> tuple[float, float]:
+    """(requests a second over all processes, CPU seconds per request) of `layer`, in fresh processes."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_rate_worker, args=(layer, str(model_dir), body, seconds, queue))
+             for _ in range(processes)]  # fmt: skip
+    for proc in procs:
+        proc.start()
+    results = [queue.get(timeout=seconds + 120) for _ in procs]
+    for proc in procs:
+        proc.join()
+    return sum(r[0] for r in results), common.median([r[1] for r in results])
+
+
+# --------------------------------------------------------------------------------------------- container
+
+
+def container_cpu_seconds(api: Any, container: str) -> float:
+    """CPU time the container used so far (cgroup v1 cpuacct or v2 cpu.stat; else the engine's stats)."""
+    for path, scale, parse in (
+        (Path(f"/sys/fs/cgroup/cpuacct/docker/{container}/cpuacct.usage"), 1e9, lambda s: int(s)),
+        (Path(f"/sys/fs/cgroup/docker/{container}/cpu.stat"), 1e6,
+         lambda s: int(s.split("usage_usec")[1].split()[0])),
+    ):  # fmt: skip
+        if path.exists():
+            return parse(path.read_text()) / scale
+    return api.stats(container, stream=False)["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
+
+
+def start_app(api: Any, image: str, port: int, config: tuple[int, int, int], extra_env: dict[str, str]) -> str:
+    workers, threads, ort = config
+    host_config = api.create_host_config(
+        network_mode="host", read_only=True, tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"}, cap_drop=["ALL"],
+        security_opt=["no-new-privileges:true"], nano_cpus=2_000_000_000, mem_limit="2g",
+    )  # fmt: skip
+    env = {"APP_BIND": f"127.0.0.1:{port}", "APP_WORKERS": str(workers), "APP_THREADS": str(threads),
+           "ORT_THREADS": str(ort), **extra_env}  # fmt: skip
+    container = api.create_container(image, environment=env, host_config=host_config,
+                                     name=f"bench-serving-{port}")["Id"]  # fmt: skip
+    api.start(container)
+    common.wait_http(port, "/readyz", timeout=120)
+    return container
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s|m)$", text).groups()
+    return float(value) * _UNITS[unit]
+
+
+def wrk(port: int, script: Path, clients: int, seconds: float) -> dict[str, float]:
+    threads = min(clients, 2)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{seconds:g}s", "--latency", "--timeout", "10s",
+         "-s", str(script), f"http://127.0.0.1:{port}/score"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = done.stdout
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    if set(latency) != {"50", "99"}:  # no request completed: wrk prints no distribution
+        raise RuntimeError(f"wrk got no answers from 127.0.0.1:{port}:\n{out}\n{done.stderr}")
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": _ms(latency["50"]),
+        "p99_ms": _ms(latency["99"]),
+        "requests": total,
+        "errors": (int(bad.group(1)) if bad else 0) + (sum(map(int, socket.groups())) if socket else 0),
+        "client_cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+    }
+
+
+def measure_config(api: Any, image: str, script: Path, config: tuple[int, int, int], runs: int, seconds: float,
+                   extra_env: dict[str, str] | None = None) -> dict[int, list[dict[str, float]]]:  # fmt: skip
+    port = common.localstack.free_port()
+    container = start_app(api, image, port, config, extra_env or {})
+    try:
+        for attempt in range(5):  # warm-up: every worker has loaded its model and served requests
+            try:
+                wrk(port, script, 16, 3)
+                break
+            except RuntimeError:
+                if attempt == 4:
+                    raise
+                time.sleep(2)
+        out: dict[int, list[dict[str, float]]] = {}
+        for clients in CLIENTS:
+            out[clients] = []
+            for _ in range(runs):
+                cpu = container_cpu_seconds(api, container)
+                sample = wrk(port, script, clients, seconds)
+                sample["server_cpu_ms_per_req"] = (container_cpu_seconds(api, container) - cpu) * 1e3 / max(
+                    1, sample["requests"]
+                )
+                sample["load1"] = common.loadavg()[0]
+                out[clients].append(sample)
+        return out
+    finally:
+        api.remove_container(container, force=True)
+
+
+def summary(samples: list[dict[str, float]]) -> dict[str, float]:
+    return {key: common.median([s[key] for s in samples]) for key in samples[0]}
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def main(runs: int, seconds: float) -> common.Report:
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: apt-get install -y wrk (make bench does)")
+    report = common.Report(TOPIC, "Serving: /score of the app container on 2 cores")
+    with common.BenchStack(TOPIC) as stack:
+        stack.apply(stack.env())
+        with common.output_to(common.log_file(TOPIC)):
+            common.use_airflow_home(stack.root / "airflow")
+            source = common.SourceRepo(stack.root / "source")
+            package = common.train(stack.root, "v1")
+            built = common.build_and_push(stack, source, source.head(), package, "serving", push=False)
+        body = common.sample_request()
+        script = stack.root / "score.lua"
+        (stack.root / "body.json").write_bytes(body)
+        script.write_text(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f'local f = io.open("{stack.root / "body.json"}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
+        )
+
+        # Baselines: in-process rates on the same model and input.
+        layers = {"onnxruntime": "onnxruntime InferenceSession.run", "pipeline": "app pipeline in-process",
+                  "flask": "Flask test client in-process"}  # fmt: skip
+        base: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        for _ in range(runs):
+            for layer in layers:
+                for procs in (1, 2):
+                    base.setdefault((layer, procs), []).append(inprocess_rate(layer, package, body, procs, 3))
+        report.table("In-process rates (same model, same image), median of runs", [
+            {"layer": layers[layer], "processes": procs,
+             "per second": round(common.median([r[0] for r in base[(layer, procs)]]), 1),
+             "CPU ms each": round(common.median([r[1] for r in base[(layer, procs)]]) * 1e3, 3)}
+            for layer in layers for procs in (1, 2)
+        ])  # fmt: skip
+        print("in-process baselines measured", flush=True)
+
+        api = stack.docker_api()
+        results: dict[tuple[int, int, int], dict[int, list[dict[str, float]]]] = {}
+        for config in CONFIGS:
+            results[config] = measure_config(api, built["image_id"], script, config, runs, seconds)
+            line = ", ".join(f"{c} client(s) {summary(results[config][c])['rps']:.0f} req/s" for c in CLIENTS)
+            print(f"workers={config[0]} threads={config[1]} ort={config[2]}: {line}", flush=True)
+
+        best = max(CONFIGS, key=lambda cfg: summary(results[cfg][16])["rps"])
+        access_off = measure_config(api, built["image_id"], script, best, runs, seconds,
+                                    {"GUNICORN_CMD_ARGS": "--access-logfile /dev/null"})  # fmt: skip
+
+    rows = []
+    for config, by_clients in [*results.items(), ((*best, "access log off"), access_off)]:
+        for clients in CLIENTS:
+            s = summary(by_clients[clients])
+            rows.append({
+                "workers": config[0], "threads": config[1], "ort threads": config[2],
+                "variant": config[3] if len(config) > 3 else ("default" if config == CONFIGS[0] else ""),
+                "clients": clients, "req/s": round(s["rps"], 1), "p50 ms": round(s["p50_ms"], 1),
+                "p99 ms": round(s["p99_ms"], 1), "errors": int(s["errors"]),
+                "server CPU ms/req": round(s["server_cpu_ms_per_req"], 2),
+                "wrk CPU s": round(s["client_cpu_s"], 2), "load1": s["load1"],
+            })  # fmt: skip
+    report.table(f"Every configuration: medians of {runs} runs of {seconds:.0f} s", rows)
+
+    for clients in CLIENTS:
+        procs = 1 if clients == 1 else 2
+        ort = [r[0] for r in base[("onnxruntime", procs)]]
+        for label, config in (("best", best), ("default", CONFIGS[0])):
+            samples = results[config][clients]
+            report.add(f"/score at {clients} client(s), {label} config w{config[0]} t{config[1]} o{config[2]} (req/s)",
+                       f"in-process onnxruntime, {procs} process(es)", ort, "HTTP /score on the container",
+                       [s["rps"] for s in samples], "req/s", higher_is_better=True)  # fmt: skip
+        # CPU per request: independent of how much of the machine the container got (others share it).
+        report.add(f"CPU per /score at {clients} client(s), best config (ms)", "in-process onnxruntime run",
+                   [r[1] * 1e3 for r in base[("onnxruntime", procs)]], "container CPU per HTTP request",
+                   [s["server_cpu_ms_per_req"] for s in results[best][clients]], "ms")  # fmt: skip
+        pipeline = [r[0] for r in base[("pipeline", procs)]]
+        report.add(f"/score at {clients} client(s), best config (req/s) vs the app's own work",
+                   f"in-process app pipeline, {procs} process(es)", pipeline, "HTTP /score on the container",
+                   [s["rps"] for s in results[best][clients]], "req/s", higher_is_better=True)  # fmt: skip
+    b1, b16 = summary(results[best][1]), summary(results[best][16])
+    report.note(f"winner: APP_WORKERS={best[0]} APP_THREADS={best[1]} ORT_THREADS={best[2]} — "
+                f"{b16['rps']:.0f} req/s at 16 clients (p50 {b16['p50_ms']:.1f} ms, p99 {b16['p99_ms']:.1f} ms), "
+                f"{b1['rps']:.0f} req/s at 1 client (p50 {b1['p50_ms']:.1f} ms, p99 {b1['p99_ms']:.1f} ms)"
+                )  # fmt: skip
+    cpu_ms = b16["server_cpu_ms_per_req"]
+    report.note(f"at the winner's CPU cost ({cpu_ms:.2f} ms a request at 16 clients), 2 idle cores would serve at "
+                f"most about {2000 / cpu_ms:.0f} req/s (before wrk's own CPU); "
+                "the measured rate is lower because the container only gets the share of the 2 cores that the "
+                "other work on the machine leaves it")
+    off = summary(access_off[16])
+    report.note(f"the same config with gunicorn's access log to /dev/null instead of the container's stdout: "
+                f"{off['rps']:.0f} req/s at 16 clients ({off['rps'] / b16['rps'] - 1:+.0%})")  # fmt: skip
+    report.note("wrk runs on the same 2 cores as the server (there is no third core to give it); its CPU time per "
+                "run is in the table. Loopback HTTP; gunicorn's sync worker (APP_THREADS=1) closes the connection "
+                "after each response, so wrk reconnects per request; the gthread worker (APP_THREADS>1) keeps it.")
+    return report
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=5)
+    args = parser.parse_args()
+    common.run_cli(lambda: main(args.runs, args.seconds))
