@@ -82,7 +82,11 @@ class Process:
 
     def spawn(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
+        # Owner-only: a component's output can hold what its tasks print. Airflow's LocalExecutor copies
+        # every task log line to the scheduler's stdout, and that copy is not masked like the task log.
+        fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)  # also a log file left by an older version
+        with open(fd, "ab") as log:
             proc = subprocess.Popen(
                 argv,
                 stdout=log,
