@@ -1,8 +1,9 @@
-"""Fixtures for the hardening tests: a trained model package and the app on it.
+"""Fixtures for the hardening tests: a trained model package, DAG settings on a local model store, the
+harness registry as the `modelship_registry` connection.
 
 The harness components (Azurite, registry, Docker engine, airflow_db) come from tests/conftest.py; the
-real Airflow deployment (scheduler, dag-processor, api-server) that the access and concurrency tests
-need is `airflow_stack` in airflow_stack.py, loaded by the modules that use it.
+real Airflow deployment the access, log-masking and concurrency tests need is support.AirflowStack,
+started by test_airflow_stack.py.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ import pytest
 
 from modelship import images, localstack
 from modelship.registry import RegistryClient
-from tests.e2e.pipeline import REPO, git, task_states
-from tests.hardening.support import try_numbers
+from tests.e2e.pipeline import REPO, task_states
+from tests.hardening.support import quick_commits, try_numbers
 from tests.plugins.deploy_fixtures import build_standin
 
 REPOSITORY = "modelship/digits-app"
@@ -52,15 +52,10 @@ def restart_engine(engine: localstack.DockerEngine, client: docker.DockerClient)
 
 @pytest.fixture
 def quick_source(tmp_path: Path) -> tuple[Path, str]:
-    """A throwaway clone of this repository with one extra commit that keeps only the app's quick
-    packaging tests: the ci run still checks out, tests, builds and smoke-tests this commit for real, only
-    sooner (the push step is what is under test). Returns (clone, commit)."""
-    clone = tmp_path / "src"
-    git("clone", "-q", "--no-hardlinks", str(REPO), str(clone))
-    slow = [p.relative_to(clone) for p in (clone / "tests" / "app").glob("test_*.py") if p.name != "test_packaging.py"]
-    git("rm", "-q", *map(str, slow), cwd=clone)
-    git("-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "quick tests only", cwd=clone)
-    return clone, git("rev-parse", "HEAD", cwd=clone)
+    """(clone, commit): a commit of this repository the ci run checks out, tests (the quick tests only),
+    builds and smoke-tests for real; the push step is what is under test."""
+    [commit] = quick_commits(tmp_path / "src")
+    return tmp_path / "src", commit
 
 
 @pytest.mark.docker

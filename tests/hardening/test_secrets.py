@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ import yaml
 from modelship import images, localstack
 from modelship.manifest import manifest_sha256
 from tests.e2e.pipeline import REPO
+from tests.hardening.support import image_leaks, leaks
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
@@ -69,30 +70,6 @@ def connections(registry: localstack.Registry, azurite: localstack.Azurite) -> I
         for conn_id, value in values.items():
             patch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(value))
         yield
-
-
-def leaks(chunks: Iterable[bytes], secrets: dict[str, bytes]) -> set[str]:
-    """Names of the secrets found anywhere in a stream of bytes (also across chunk boundaries)."""
-    found: set[str] = set()
-    overlap = max(len(s) for s in secrets.values())
-    tail = b""
-    for chunk in chunks:
-        window = tail + chunk
-        found |= {name for name, secret in secrets.items() if secret in window}
-        tail = window[-overlap:]
-    return found
-
-
-def image_leaks(docker_client, image_id: str, secrets: dict[str, bytes]) -> dict[str, set[str]]:
-    """Where each secret shows: the image's history, its config (inspect), its layers (`docker save`)."""
-    api = docker_client.api
-    history = json.dumps(api.history(image_id)).encode()
-    config = json.dumps(api.inspect_image(image_id)).encode()
-    return {
-        "history": leaks([history], secrets),
-        "config": leaks([config], secrets),
-        "layers": leaks(api.get_image(image_id, chunk_size=1 << 20), secrets),
-    }
 
 
 def test_the_scan_finds_a_credential_that_was_baked_into_an_image(docker_client, tmp_path, secrets) -> None:
