@@ -51,6 +51,9 @@ def environment(checkout: Path, cache_dir: Path) -> Path:
         (tmp / ".complete").touch()
         # Renamed into place only when complete, so a broken install is never reused. Its console
         # scripts keep the temp path in their shebangs, hence `python -m pytest` below.
+        if (venv / ".complete").exists():  # a concurrent run finished first and may be testing in it
+            shutil.rmtree(tmp, ignore_errors=True)
+            return venv
         if venv.exists():
             shutil.rmtree(venv)
         tmp.rename(venv)
