@@ -26,7 +26,7 @@ from modelship.manifest import manifest_sha256
 from tests.e2e.pipeline import REPO
 from tests.hardening.support import image_leaks, leaks
 
-pytestmark = [pytest.mark.docker, pytest.mark.registry]
+pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.azurite]
 
 REGISTRY_CONN = "modelship_hardening_registry"
 KUBE_CONN = "modelship_hardening_kube"
