@@ -56,6 +56,10 @@ AIRFLOW_IMAGE = "modelship/airflow:3.3.2"
 POSTGRES_IMAGE = "modelship/postgres:15"
 REDIS_IMAGE = "modelship/redis:7"
 BUILD_KEY_LABEL = "io.modelship.build-key"
+# The workers' MODELSHIP_CACHE (wheelhouse, the app's test venvs, model cache): only saves time, and every
+# writer renames into place atomically, so all stacks on the machine (and test sessions) share it.
+WORKER_CACHE = CACHE / "worker-cache"
+AIRFLOW_UID = 50000  # the images' user (compose: AIRFLOW_UID)
 
 
 @dataclass(frozen=True)
@@ -289,6 +293,7 @@ class Distributed:
             "MODELSHIP_SOURCE_DIR": str(self.source_dir),
             "AIRFLOW_AUTH_DIR": str(self.auth_dir),
             "MODELSHIP_WHEELHOUSE": str(self.wheelhouse),
+            "MODELSHIP_CACHE_DIR": str(WORKER_CACHE),
         }
 
     def airflow_environment(self) -> dict[str, str]:
@@ -327,6 +332,10 @@ class Distributed:
         self.auth_dir.chmod(0o770)
         os.chown(self.auth_dir, -1, 0)
         os.chown(passwords, -1, 0)
+        if not WORKER_CACHE.exists():
+            WORKER_CACHE.mkdir(parents=True)
+            os.chown(WORKER_CACHE, AIRFLOW_UID, 0)  # the containers (uid 50000 or AIRFLOW_UID, group 0) write here
+            WORKER_CACHE.chmod(0o2775)
 
     def prepare_wheelhouse(self) -> None:
         """One folder with the app's serving and test wheels, for the workers' offline pip."""

@@ -4,6 +4,9 @@ Opt-in (MODELSHIP_DISTRIBUTED=1): a session starts ~10 containers in a private D
 whole flow through them, which takes minutes and most of this machine's 2 cores. `.ci/run` turns it on.
 The stack is `modelship.distributed.Distributed` — what `make up-distributed` runs — in a private state
 folder on free ports, so it never touches a developer's `make up` or `make up-distributed`.
+
+MODELSHIP_DISTRIBUTED_SOURCE=<git repo> builds another repository's main branch instead of this one's
+(to tell a stack problem from a red commit); MODELSHIP_DISTRIBUTED_KEEP=1 leaves the stack running.
 """
 
 from __future__ import annotations
@@ -58,12 +61,25 @@ class AirflowAPI:
         self.session.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
 
     def get(self, path: str, **params: Any) -> Any:
-        response = self.session.get(f"{self.base}/api/v2{path}", params=params, timeout=30)
-        response.raise_for_status()
-        return response.json()
+        """GET, riding out a short outage as any client must: while Postgres restarts the API server answers
+        500 (or a connection fails) until its pool reconnects. Bounded: 90 s, then the error stands."""
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                response = self.session.get(f"{self.base}/api/v2{path}", params=params, timeout=30)
+                if response.status_code < 500:
+                    response.raise_for_status()
+                    return response.json()
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+            if time.monotonic() > deadline:
+                response.raise_for_status()
+            time.sleep(2)
 
     def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
-        self.session.patch(f"{self.base}/api/v2/dags/{dag_id}", json={"is_paused": False}, timeout=30).raise_for_status()
+        unpause = self.session.patch(f"{self.base}/api/v2/dags/{dag_id}", json={"is_paused": False}, timeout=30)
+        unpause.raise_for_status()
         response = self.session.post(
             f"{self.base}/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf}, timeout=30
         )
@@ -103,7 +119,7 @@ class AirflowAPI:
 
     def image_events(self, run_id: str) -> list[dict[str, Any]]:
         events = self.get("/assets/events", source_dag_id="ci", source_run_id=run_id)["asset_events"]
-        return [e["extra"] for e in events if e.get("uri") == "modelship://image"]
+        return [e["extra"] for e in events if e["name"] == "image"]  # (Airflow stores the uri as modelship://image/)
 
 
 @pytest.fixture(scope="session")
@@ -111,7 +127,8 @@ def source_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A throwaway clone: its branch head does not move while the session runs (others commit to this repo),
     so the ci DAG's commit watcher fires once, at start-up, and never in the middle of a test."""
     clone = tmp_path_factory.mktemp("source") / "repo"
-    git("clone", "-q", "--no-hardlinks", "--branch", "main", str(REPO), str(clone), cwd=REPO)
+    origin = os.environ.get("MODELSHIP_DISTRIBUTED_SOURCE") or str(REPO)
+    git("clone", "-q", "--no-hardlinks", "--branch", "main", origin, str(clone), cwd=REPO)
     return clone
 
 
