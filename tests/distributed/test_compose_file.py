@@ -29,7 +29,7 @@ def compose_bin() -> str:
         return distributed.ensure_compose()  # the opt-in run installs what it needs, like `make up-distributed`
     found = shutil.which("docker-compose")
     if not found:
-        pytest.skip("SKIPPED: docker-compose is not installed (apt-get install docker-compose, or MODELSHIP_DISTRIBUTED=1)")
+        pytest.skip("SKIPPED: docker-compose is not installed (apt: docker-compose; MODELSHIP_DISTRIBUTED=1 adds it)")
     return found
 
 
