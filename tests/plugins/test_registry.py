@@ -70,8 +70,15 @@ def test_pushing_again_is_idempotent_and_never_logs_the_password(
     pushed, docker_client, tiny_image, reg_conn, client, registry, caplog
 ):
     caplog.set_level(logging.DEBUG)
-    # A plain docker client (no hook) gets the connection's credentials as the push's auth config.
-    digest = images.push_image(docker_client, tiny_image.id, REPOSITORY, "v1", registry_conn=reg_conn)
+    # Airflow's logging set-up (once anything imports it) can detach the root handler caplog relies on:
+    # listen on the module's own logger.
+    logger = logging.getLogger("modelship.images")
+    logger.addHandler(caplog.handler)
+    try:
+        # A plain docker client (no hook) gets the connection's credentials as the push's auth config.
+        digest = images.push_image(docker_client, tiny_image.id, REPOSITORY, "v1", registry_conn=reg_conn)
+    finally:
+        logger.removeHandler(caplog.handler)
     assert digest == pushed["digest"]
     assert "pushed" in caplog.text and registry.password not in caplog.text
     assert client.tags(REPOSITORY).count("v1") == 1
