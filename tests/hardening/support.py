@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +23,6 @@ def try_numbers(dag_run) -> dict[str, int]:
 
     with create_session() as session:
         return {ti.task_id: ti.try_number for ti in dag_run.get_task_instances(session=session)}
-
-
-@contextlib.contextmanager
-def log_messages(logger_name: str) -> Iterator[list[str]]:
-    """Messages of one logger, through a handler of our own: capfd misses stdlib records whose handler was
-    bound to another test's capture stream, and caplog's handler is dropped when Airflow configures logging."""
-    messages: list[str] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger(logger_name)
-    level, disabled = logger.level, logger.disabled
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.disabled = False
-    try:
-        yield messages
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-        logger.disabled = disabled
 
 
 # --- source commits the ci DAG can build quickly ---------------------------------------------------------------

@@ -27,7 +27,8 @@ import pytest
 from modelship import images, localstack
 from modelship.registry import RegistryClient
 from tests.e2e.pipeline import REPO, task_states
-from tests.hardening.support import log_messages, quick_commits, try_numbers
+from tests.hardening.support import quick_commits, try_numbers
+from tests.logcapture import log_messages
 from tests.plugins.deploy_fixtures import build_standin
 
 REPOSITORY = "modelship/digits-app"

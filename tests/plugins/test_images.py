@@ -21,6 +21,7 @@ import pytest
 from modelship import images, localstack
 from modelship.manifest import manifest_sha256
 from modelship.registry import LABEL_MODEL_SHA256, LABEL_MODEL_VERSION, LABEL_REVISION, RegistryClient
+from tests.logcapture import log_messages
 
 pytest_plugins = ["images_fixtures"]
 pytestmark = [pytest.mark.docker]
@@ -63,11 +64,11 @@ def test_image_without_lineage_labels_is_refused(docker_client, tiny_context, ti
     assert "org.opencontainers.image.revision" not in str(caught.value)  # that one was set
 
 
-def test_build_output_is_logged_line_by_line(docker_client, tiny_context, tiny_lineage, caplog):
-    caplog.set_level("INFO", logger="modelship.images")
+def test_build_output_is_logged_line_by_line(docker_client, tiny_context, tiny_lineage):
     context = tiny_context("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN printf 'one\\ntwo\\n'\n")
-    built = images.build_image(docker_client, context, "modelship-test/lines:latest", {"BASE_IMAGE": BASE_IMAGE})
-    messages = [record.getMessage().strip() for record in caplog.records]
+    with log_messages("modelship.images") as logged:
+        built = images.build_image(docker_client, context, "modelship-test/lines:latest", {"BASE_IMAGE": BASE_IMAGE})
+    messages = [message.strip() for message in logged]
     assert "one" in messages and "two" in messages
     assert built.id.startswith("sha256:") and built.tag == "modelship-test/lines:latest"
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,6 +34,7 @@ from modelship.model_store import (
     retry,
 )
 from modelship.settings import Settings
+from tests.logcapture import log_messages
 
 StoreFactory = Callable[..., ModelStore]  # the make_store fixture (tests/plugins/conftest.py)
 
@@ -55,22 +55,9 @@ def overwrite_directly(store: ModelStore, key: str, data: bytes, azurite: locals
     service.get_container_client(store.container).upload_blob(key, data, overwrite=True)
 
 
-@contextlib.contextmanager
-def retry_messages() -> Iterator[list[str]]:
-    """The retry logger's messages. A handler of our own, not caplog: importing Airflow (on first use of
-    the wasb backend) reconfigures logging and drops handlers already on the root logger."""
-    messages: list[str] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("modelship.model_store.retry")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield messages
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+def retry_messages() -> contextlib.AbstractContextManager[list[str]]:
+    """The retry logger's messages (importing Airflow reconfigures logging: caplog would miss them)."""
+    return log_messages("modelship.model_store.retry")
 
 
 def leftovers(folder: Path) -> list[str]:
