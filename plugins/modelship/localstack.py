@@ -239,6 +239,16 @@ class Registry:
         self.proc.stop()
 
 
+def unmount_under(root: Path) -> None:
+    """Unmount every mount point at or below `root`, deepest first (lazily: nothing may still use them)."""
+    prefix = str(root.resolve())
+    with open("/proc/self/mounts") as mounts:
+        # Fields escape spaces and the like as octal (\040): decode them back to the path.
+        points = [line.split()[1].encode().decode("unicode_escape") for line in mounts]
+    for point in sorted({p for p in points if p == prefix or p.startswith(prefix + "/")}, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+
 @dataclass
 class DockerEngine:
     """dockerd with no bridge and no iptables: containers and builds use the host (loopback) network."""
@@ -278,6 +288,8 @@ class DockerEngine:
             return
         if not shutil.which("dockerd"):
             raise StackError("dockerd is not installed: run `make up` (apt: docker.io)")
+        if self.proc.pid() is None:
+            self._clear_leftovers()
         self.proc.spawn([
             "dockerd", "--bridge=none", "--iptables=false", "--ip6tables=false",
             "--data-root", str(self.state_dir / "docker-data"), "--exec-root", str(self._exec_root()),
@@ -288,6 +300,26 @@ class DockerEngine:
     def stop(self) -> None:
         self.proc.stop(timeout=30)
         (self.state_dir / "dockerd.internal.pid").unlink(missing_ok=True)
+        self._clear_leftovers()
+
+    def _clear_leftovers(self) -> None:
+        """What a dockerd killed outright (SIGKILL, OOM) leaves: its containerd, or containerd's pid file naming
+        a dead or zombie process that the next dockerd would wait for until it times out; and its mounts,
+        which keep the state folder from being deleted."""
+        exec_root = str(self._exec_root()).encode()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                cmdline = (proc / "cmdline").read_bytes()
+                if exec_root in cmdline and b"containerd" in cmdline:
+                    os.kill(int(proc.name), signal.SIGKILL)
+        pid_file = self._exec_root() / "containerd" / "containerd.pid"
+        with contextlib.suppress(OSError, ValueError):
+            if not _alive(int(pid_file.read_text().strip())):
+                pid_file.unlink()
+        unmount_under(self.state_dir / "docker-data")
+
 
     def ensure_base_image(self, name: str = BASE_IMAGE) -> str:
         """Import a debootstrapped Debian with python3 as the base image (no registry can be pulled from)."""

@@ -46,3 +46,28 @@ def test_docker_engine_runs_the_base_image_on_the_host_network(docker_client) ->
         remove=True,
     )
     assert out.strip() == b"(3, 11)"
+
+
+def test_an_engine_killed_outright_leaves_nothing_that_blocks_a_restart_or_removal(tmp_path) -> None:
+    """SIGKILL (an OOM kill, a stopped helper) skips dockerd's own clean-up and leaves its mounts: the next
+    start and stop release them, so the state folder can be deleted (bench and test stacks rely on that)."""
+    import os
+    import shutil
+    import signal
+
+    engine = localstack.DockerEngine(tmp_path / "docker")
+    data = str((tmp_path / "docker" / "docker-data").resolve())
+    engine.start()
+    try:
+        with open("/proc/self/mounts") as mounts:
+            assert any(line.split()[1].startswith(data) for line in mounts)  # dockerd mounted its data root
+        os.killpg(engine.proc.pid(), signal.SIGKILL)
+        engine.proc.stop(timeout=5)  # reap it and forget the pid, as a later `make up` would find things
+        engine.start()
+        assert engine.ping()
+    finally:
+        engine.stop()
+    with open("/proc/self/mounts") as mounts:
+        assert not [line for line in mounts if line.split()[1].startswith(data)]
+    shutil.rmtree(tmp_path / "docker")
+    assert not (tmp_path / "docker").exists()
