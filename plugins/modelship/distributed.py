@@ -193,8 +193,6 @@ def _build(client: docker.DockerClient, spec: ImageSpec, key: str) -> None:
             shutil.copy2(requirements, context / "requirements.txt")
             for reqs in (requirements, context / "requirements-bookworm.txt"):
                 _link_tree(images.wheelhouse(reqs, localstack.CACHE_DIR), context / "wheels")
-            extra = context / "requirements-extra.txt"
-            _link_tree(images.wheelhouse(extra, localstack.CACHE_DIR), context / "wheels-extra")
         print(f"  building {spec.name} from dockerfiles/{spec.folder} on {base}…", flush=True)
         images.build_image(client, context, spec.name, {"BASE_IMAGE": base}, labels={BUILD_KEY_LABEL: key})
 
@@ -317,7 +315,14 @@ class Distributed:
         """For the modelship CLI on the host (`source .state/distributed/modelship.env`): same store, registry."""
         env = self.stack.environment()
         keep = {k: v for k, v in env.items() if k.startswith(("AIRFLOW_CONN_", "MODELSHIP_"))}
-        return {**keep, "MODELSHIP_DOCKER_DEPLOY_PORT": str(self.ports.deploy), "DOCKER_HOST": env["DOCKER_HOST"]}
+        return {
+            **keep,
+            "MODELSHIP_DOCKER_DEPLOY_PORT": str(self.ports.deploy),
+            "DOCKER_HOST": env["DOCKER_HOST"],
+            # For `make demo` (modelship.demo) against this stack instead of `make up`'s.
+            "MODELSHIP_AIRFLOW_URL": f"http://127.0.0.1:{self.ports.api}",
+            "MODELSHIP_AIRFLOW_PASSWORD_FILE": str(self.auth_dir / "passwords.json"),
+        }
 
     def write_files(self) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
@@ -451,6 +456,16 @@ class Distributed:
             print(f"stopping {name}…", flush=True)
             component.stop()
 
+    def running(self) -> bool:
+        """The compose stack's API answers (what `make demo` checks to pick this stack over `make up`'s)."""
+        if not self.compose_env.exists():
+            return False
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports.api}/api/v2/monitor/health", timeout=5):
+                return True
+        except OSError:
+            return False
+
     def status(self) -> str:
         if not (self.stack.docker.ping() and self.compose_env.exists()):
             return "stopped (no Docker engine for the distributed stack)"
@@ -510,7 +525,7 @@ def check_connections() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m modelship.distributed", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["up", "down", "status", "images", "check-connections"])
+    parser.add_argument("command", choices=["up", "down", "status", "running", "images", "check-connections"])
     default_state = os.environ.get("MODELSHIP_DISTRIBUTED_STATE", str(REPO_ROOT / ".state" / "distributed"))
     parser.add_argument("--state", type=Path, default=Path(default_state))
     parser.add_argument("--volumes", action="store_true", help="down: also delete the named volumes (all data)")
@@ -524,6 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             stack.up()
         elif args.command == "down":
             stack.down(volumes=args.volumes)
+        elif args.command == "running":  # exit status only
+            return 0 if stack.running() else 1
         elif args.command == "images":
             stack.stack.docker.start()
             stack.ensure_images()
