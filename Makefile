@@ -18,9 +18,14 @@ up: bootstrap
 down:
 	@if [ -x $(PY) ]; then $(PY) -m modelship.stack down; fi
 
-# The whole story headless on top of `make up`: model → ci → release → /score → status, twice.
-demo: up
-	@set -a && . .state/modelship.env && set +a && $(PY) -m modelship.demo
+# The whole story headless: model → ci → release → /score → status, twice. Against the distributed stack
+# when `make up-distributed` has it running, else against `make up`'s (started if it is not).
+demo: bootstrap
+	@if $(PY) -m modelship.distributed running; then \
+	  echo "demo against the distributed stack (make up-distributed)"; env=.state/distributed/modelship.env; \
+	else \
+	  $(MAKE) --no-print-directory up && env=.state/modelship.env; \
+	fi && set -a && . ./$$env && set +a && $(PY) -m modelship.demo
 
 status:
 	@$(PY) -m modelship.stack status
@@ -28,10 +33,11 @@ status:
 lint: bootstrap
 	.venv/bin/ruff check .
 
-# The real-cluster (shared/k8s-local) suite is opt-in inside pytest, on here unless QUICK=1.
+# The real-cluster (shared/k8s-local) and compose-stack (Celery workers) suites are opt-in inside pytest,
+# on here unless QUICK=1.
 FULL := $(if $(QUICK),0,1)
 test: bootstrap lint
-	MODELSHIP_K8S=$${MODELSHIP_K8S:-$(FULL)} MODELSHIP_DISTRIBUTED=$${MODELSHIP_DISTRIBUTED:-0} \
+	MODELSHIP_K8S=$${MODELSHIP_K8S:-$(FULL)} MODELSHIP_DISTRIBUTED=$${MODELSHIP_DISTRIBUTED:-$(FULL)} \
 	  .venv/bin/pytest $(PYTEST_ARGS)
 
 # Re-resolve requirements.in into the fully pinned requirements.txt (needs PyPI).

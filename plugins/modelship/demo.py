@@ -35,6 +35,7 @@ class Airflow:
         self.base = base_url.rstrip("/")
         token = self._call("POST", "/auth/token", {"username": username, "password": password}, auth=False)
         self.token = token["access_token"]
+        self.hosts: set[str] = set()  # the hostnames task instances ran on, over every run waited for
 
     def _call(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> Any:
         request = urllib.request.Request(f"{self.base}{path}", method=method)
@@ -103,6 +104,9 @@ class Airflow:
             raise DemoFailed(f"{dag_id} run {run_id} did not finish within {timeout:.0f}s")
         tis = self.task_instances(dag_id, run_id)
         summary = ", ".join(f"{ti['task_id']}={ti['state']}" for ti in tis)
+        # Where the work ran: one host standalone, each Celery worker's on the distributed stack.
+        hosts = sorted({ti["hostname"] for ti in tis if ti.get("hostname")})
+        self.hosts.update(hosts)
         if run["state"] != "success":
             failed = [ti for ti in tis if ti["state"] == "failed"]
             tails = "\n".join(
@@ -111,7 +115,7 @@ class Airflow:
                 for ti in failed
             )
             raise DemoFailed(f"{dag_id} run {run_id} failed ({summary})\n{tails}")
-        step(f"{dag_id} {run_id}: success ({summary})")
+        step(f"{dag_id} {run_id}: success ({summary}) on {', '.join(hosts) or 'no host'}")
         return run
 
     def wait_for_new_run(self, dag_id: str, after: set[str], timeout: float = 120) -> str:
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m modelship.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--airflow", default=os.environ.get("MODELSHIP_AIRFLOW_URL", "http://127.0.0.1:8080"))
     parser.add_argument("--user", default="admin")
-    parser.add_argument("--password-file", type=Path, default=None)
+    parser.add_argument("--password-file", type=Path, default=os.environ.get("MODELSHIP_AIRFLOW_PASSWORD_FILE"))
     args = parser.parse_args(argv)
     settings = Settings.get()
     password_file = args.password_file or Path(
@@ -240,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     step(
         f"demo complete: model {first['model_version']} -> {second['model_version']}, image "
         f"{first['image_digest'][:19]} -> {second['image_digest'][:19]}, serving on 127.0.0.1:{second['port']} "
-        f"(commit {second['commit'][:12]})"
+        f"(commit {second['commit'][:12]}); tasks ran on {', '.join(sorted(airflow.hosts))}"
     )
     return 0
 

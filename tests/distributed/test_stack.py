@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -46,3 +47,20 @@ def test_the_deployed_app_serves_the_model_the_flow_promoted(stack, flow: dict[s
     assert version["model"]["version"] == "v1"
     deployed = flow["release"]
     assert deployed["state"] == "success"
+
+
+def test_the_demo_tells_the_whole_story_on_this_stack(stack, host_env: dict[str, str], flow: dict[str, Any]) -> None:
+    """`make demo` against the compose stack: modelship.demo with the environment `up-distributed` writes for
+    the host (Airflow's URL and password file included). Two more model versions go through model_refresh →
+    ci → release → /score → status, and the demo names the hosts the tasks ran on: both workers."""
+    import subprocess
+    import sys
+
+    assert host_env["MODELSHIP_AIRFLOW_URL"] == f"http://127.0.0.1:{stack.ports.api}"
+    done = subprocess.run(
+        [sys.executable, "-m", "modelship.demo"], capture_output=True, text=True, timeout=1800, env=os.environ.copy()
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("==> demo complete"), last
+    assert last.endswith("tasks ran on worker-1, worker-2"), last
