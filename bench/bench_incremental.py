@@ -8,7 +8,7 @@ registry, a fresh Azurite with the model published, an empty model cache. The co
 (a comment in app/classifier/routes.py). Caches keyed by requirements (the wheelhouse, the app's test
 venv) are kept in both: rebuilding them measures PyPI, not modelship.
 
-    python -m bench.bench_incremental [--runs 3]
+    python -m bench.bench_incremental [--runs 5]
 """
 
 from __future__ import annotations
@@ -141,13 +141,13 @@ def main(runs: int) -> common.Report:
         durations = test_durations(logs)
     report.table("The test task's profile: slowest tests of tests/app (pytest --durations=8)", durations)
     pair_min = common.median([p["cold"]["seconds"] + p["warm"]["seconds"] for p in pairs]) / 60
-    report.note(f"{runs} cold/warm pairs: each pair needs a fresh Docker engine, registry and Azurite and its two "
-                f"runs take {pair_min:.0f} min here (plus the stack's start), so {runs} rather than 5.")  # fmt: skip
+    report.note(f"{runs} cold/warm pairs, each on a fresh Docker engine, registry and Azurite; a pair's two runs "
+                f"took {pair_min:.1f} min (median) plus the stack's start.")  # fmt: skip
     return report
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     common.run_cli(lambda: main(args.runs))

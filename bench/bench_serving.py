@@ -77,6 +77,50 @@ def _rate_worker(layer: str, model_dir: str, body: bytes, seconds: float, out: A
     out.put((count / seconds, (time.process_time() - cpu) / count))
 
 
+def _profile_worker(model_dir: str, body: bytes, requests: int, out: Any) -> None:
+    """cProfile of POST /score through Flask's test client, with prometheus in multiprocess mode as under
+    gunicorn (app/gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before the app is imported)."""
+    import cProfile
+    import io
+    import os
+    import pstats
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bench-prom-")
+    sys.path.insert(0, str(common.REPO / "app"))
+    from classifier import create_app
+
+    client = create_app({"MODEL_DIR": model_dir}).test_client()
+    for _ in range(50):
+        client.post("/score", data=body, content_type="application/json")
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(requests):
+        client.post("/score", data=body, content_type="application/json")
+    profiler.disable()
+    text = io.StringIO()
+    pattern = "classifier/|flask/app|werkzeug/test|prometheus_client/(metrics|values|mmap)|PIL/Image.py|json/"
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(pattern, 20)
+    rows = []
+    for line in text.getvalue().splitlines():
+        parts = line.split(None, 5)
+        if len(parts) == 6 and parts[0].replace("/", "").isdigit() and parts[3].replace(".", "").isdigit():
+            site = parts[5].split("site-packages/")[-1].split("/work/main/")[-1]
+            rows.append({"function": site, "calls": parts[0],
+                         "cumulative ms per request": round(float(parts[3]) * 1e3 / requests, 3)})  # fmt: skip
+    out.put(rows)
+
+
+def inprocess_profile(model_dir: Path, body: bytes, requests: int = 2000) -> list[dict[str, Any]]:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_profile_worker, args=(str(model_dir), body, requests, queue))
+    proc.start()
+    rows = queue.get(timeout=600)
+    proc.join()
+    return rows
+
+
 def inprocess_rate(layer: str, model_dir: Path, body: bytes, processes: int, seconds: float) -> tuple[float, float]:
     """(requests a second over all processes, CPU seconds per request) of `layer`, in fresh processes."""
     ctx = multiprocessing.get_context("spawn")
@@ -114,7 +158,9 @@ def start_app(api: Any, image: str, port: int, config: tuple[int, int, int], ext
     )  # fmt: skip
     env = {"APP_BIND": f"127.0.0.1:{port}", "APP_WORKERS": str(workers), "APP_THREADS": str(threads),
            "ORT_THREADS": str(ort), **extra_env}  # fmt: skip
-    container = api.create_container(image, environment=env, host_config=host_config,
+    # The image's HEALTHCHECK (a python process every 10 s) is off: with all configurations up at once it
+    # would be the idle ones' only CPU use, and it is not part of serving a request.
+    container = api.create_container(image, environment=env, host_config=host_config, healthcheck={"test": ["NONE"]},
                                      name=f"bench-serving-{port}")["Id"]  # fmt: skip
     api.start(container)
     common.wait_http(port, "/readyz", timeout=120)
@@ -155,33 +201,48 @@ def wrk(port: int, script: Path, clients: int, seconds: float) -> dict[str, floa
     }
 
 
-def measure_config(api: Any, image: str, script: Path, config: tuple[int, int, int], runs: int, seconds: float,
-                   extra_env: dict[str, str] | None = None) -> dict[int, list[dict[str, float]]]:  # fmt: skip
-    port = common.localstack.free_port()
-    container = start_app(api, image, port, config, extra_env or {})
-    try:
-        for attempt in range(5):  # warm-up: every worker has loaded its model and served requests
+class App:
+    """One container of the image with one configuration, warmed up; measured by sample()."""
+
+    def __init__(self, api: Any, image: str, config: tuple[int, int, int], extra_env: dict[str, str]) -> None:
+        self.api, self.config = api, config
+        self.port = common.localstack.free_port()
+        self.container = start_app(api, image, self.port, config, extra_env)
+
+    def warm_up(self, script: Path) -> None:
+        for attempt in range(5):  # every worker has loaded its model and served requests
             try:
-                wrk(port, script, 16, 3)
-                break
+                wrk(self.port, script, 16, 3)
+                return
             except RuntimeError:
                 if attempt == 4:
                     raise
                 time.sleep(2)
-        out: dict[int, list[dict[str, float]]] = {}
-        for clients in CLIENTS:
-            out[clients] = []
-            for _ in range(runs):
-                cpu = container_cpu_seconds(api, container)
-                sample = wrk(port, script, clients, seconds)
-                sample["server_cpu_ms_per_req"] = (container_cpu_seconds(api, container) - cpu) * 1e3 / max(
-                    1, sample["requests"]
-                )
-                sample["load1"] = common.loadavg()[0]
-                out[clients].append(sample)
-        return out
-    finally:
-        api.remove_container(container, force=True)
+
+    def sample(self, script: Path, clients: int, seconds: float) -> dict[str, float]:
+        cpu = container_cpu_seconds(self.api, self.container)
+        sample = wrk(self.port, script, clients, seconds)
+        used = container_cpu_seconds(self.api, self.container) - cpu
+        sample["server_cpu_ms_per_req"] = used * 1e3 / max(1, sample["requests"])
+        sample["load1"] = common.loadavg()[0]
+        return sample
+
+    def remove(self) -> None:
+        self.api.remove_container(self.container, force=True)
+
+
+def round_robin(apps: dict[Any, App], script: Path, runs: int, seconds: float) -> dict[Any, dict[int, list]]:
+    """`runs` rounds; each round measures every app once per client count, in an order that rotates, so a
+    change in the machine's load lands on all configurations alike instead of on whichever ran then."""
+    keys = list(apps)
+    out: dict[Any, dict[int, list]] = {k: {c: [] for c in CLIENTS} for k in keys}
+    for round_ in range(runs):
+        shift = round_ % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            for clients in CLIENTS:
+                out[key][clients].append(apps[key].sample(script, clients, seconds))
+        print(f"round {round_ + 1}/{runs} done (load {common.loadavg()})", flush=True)
+    return out
 
 
 def summary(samples: list[dict[str, float]]) -> dict[str, float]:
@@ -224,21 +285,40 @@ def main(runs: int, seconds: float) -> common.Report:
              "CPU ms each": round(common.median([r[1] for r in base[(layer, procs)]]) * 1e3, 3)}
             for layer in layers for procs in (1, 2)
         ])  # fmt: skip
+        report.table("Where an in-process POST /score spends its time (cProfile, Flask test client, prometheus in "
+                     "multiprocess mode as under gunicorn)", inprocess_profile(package, body))  # fmt: skip
         print("in-process baselines measured", flush=True)
 
         api = stack.docker_api()
-        results: dict[tuple[int, int, int], dict[int, list[dict[str, float]]]] = {}
+        # Every configuration serves at once (idle ones cost next to nothing) and is measured in rounds.
+        apps = {config: App(api, built["image_id"], config, {}) for config in CONFIGS}
+        try:
+            for app in apps.values():
+                app.warm_up(script)
+            results = round_robin(apps, script, runs, seconds)
+        finally:
+            for app in apps.values():
+                app.remove()
         for config in CONFIGS:
-            results[config] = measure_config(api, built["image_id"], script, config, runs, seconds)
             line = ", ".join(f"{c} client(s) {summary(results[config][c])['rps']:.0f} req/s" for c in CLIENTS)
             print(f"workers={config[0]} threads={config[1]} ort={config[2]}: {line}", flush=True)
 
+        # The winner with and without the access log on the container's stdout, A/B in rounds as well.
         best = max(CONFIGS, key=lambda cfg: summary(results[cfg][16])["rps"])
-        access_off = measure_config(api, built["image_id"], script, best, runs, seconds,
-                                    {"GUNICORN_CMD_ARGS": "--access-logfile /dev/null"})  # fmt: skip
+        no_log = {"GUNICORN_CMD_ARGS": "--access-logfile /dev/null"}
+        pair = {"log": App(api, built["image_id"], best, {}), "off": App(api, built["image_id"], best, no_log)}
+        try:
+            for app in pair.values():
+                app.warm_up(script)
+            ab = round_robin(pair, script, runs, seconds)
+        finally:
+            for app in pair.values():
+                app.remove()
+        access_on, access_off = ab["log"], ab["off"]
 
     rows = []
-    for config, by_clients in [*results.items(), ((*best, "access log off"), access_off)]:
+    for config, by_clients in [*results.items(), ((*best, "A/B: access log on"), access_on),
+                               ((*best, "A/B: access log off"), access_off)]:  # fmt: skip
         for clients in CLIENTS:
             s = summary(by_clients[clients])
             rows.append({
@@ -277,9 +357,9 @@ def main(runs: int, seconds: float) -> common.Report:
                 f"most about {2000 / cpu_ms:.0f} req/s (before wrk's own CPU); "
                 "the measured rate is lower because the container only gets the share of the 2 cores that the "
                 "other work on the machine leaves it")
-    off = summary(access_off[16])
-    report.note(f"the same config with gunicorn's access log to /dev/null instead of the container's stdout: "
-                f"{off['rps']:.0f} req/s at 16 clients ({off['rps'] / b16['rps'] - 1:+.0%})")  # fmt: skip
+    report.add(f"access log on stdout vs /dev/null, w{best[0]} t{best[1]} o{best[2]}, 16 clients (req/s)",
+               "access log on stdout (as shipped)", [s["rps"] for s in access_on[16]], "access log to /dev/null",
+               [s["rps"] for s in access_off[16]], "req/s", higher_is_better=True)  # fmt: skip
     report.note("wrk runs on the same 2 cores as the server (there is no third core to give it); its CPU time per "
                 "run is in the table. Loopback HTTP; gunicorn's sync worker (APP_THREADS=1) closes the connection "
                 "after each response, so wrk reconnects per request; the gthread worker (APP_THREADS>1) keeps it.")
