@@ -53,9 +53,14 @@ _settings = Settings.get()  # environment only: no I/O at parse time
 def release():
     @task(inlets=[IMAGE])
     def select_image(params=None, inlet_events=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
         events = [event.extra for event in inlet_events[IMAGE]]
-        with no_retry_on(steps.ReleaseError):
-            return steps.select_image(params["image"], events)
+        try:
+            with no_retry_on(steps.ReleaseError):
+                return steps.select_image(params["image"], events)
+        except steps.NothingToRelease as exc:  # a fresh install's first night is not a failure
+            raise AirflowSkipException(str(exc)) from exc
 
     @task(outlets=[DEPLOYMENT])
     def deploy(image: dict, params=None, outlet_events=None) -> dict:

@@ -31,7 +31,11 @@ _IMAGE_REF = re.compile(
 
 
 class ReleaseError(ValueError):
-    """Nothing deployable: no image passed CI yet, a malformed image param, or an image not in the registry."""
+    """Nothing deployable: a malformed image param, or an image not in the registry or not built by ci."""
+
+
+class NothingToRelease(Exception):
+    """No image has passed CI yet and none was named: the run has nothing to do (like ci's NothingToBuild)."""
 
 
 def parse_image(ref: str) -> tuple[str, str, str]:
@@ -47,7 +51,7 @@ def parse_image(ref: str) -> tuple[str, str, str]:
 def select_image(requested: str, events: list[dict[str, Any]]) -> dict[str, Any]:
     """The image to deploy, by digest, with its lineage read from the registry."""
     settings = Settings.get()
-    if requested:
+    if requested.strip():
         registry_addr, repository, reference = parse_image(requested)
     elif events:
         newest = events[-1]
@@ -57,7 +61,9 @@ def select_image(requested: str, events: list[dict[str, Any]]) -> dict[str, Any]
             "newest image that passed CI: %s:%s (%s)", newest["repository"], newest["tag"], newest["digest"]
         )
     else:
-        raise ReleaseError("no image has passed CI yet (no `image` Asset event): run the ci DAG first")
+        raise NothingToRelease(
+            "no image has passed CI yet (no `image` Asset event) and none was named: nothing to release"
+        )
     registry = RegistryClient.from_connection(settings.registry_conn_id)
     try:
         if registry.address != registry_addr:

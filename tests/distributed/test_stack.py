@@ -28,6 +28,15 @@ def test_the_whole_flow_runs_green_through_the_rest_api(api: AirflowAPI, flow: d
     assert states["push"] == "success" and states["cleanup"] == "success", states
 
 
+def test_the_first_nightly_release_with_nothing_built_yet_is_skipped_not_red(api: AirflowAPI, flow) -> None:
+    # catchup=False: the newest nightly slot gets a run as soon as the DAG appears, before ci built anything.
+    scheduled = [r for r in api.runs("release") if r["run_type"] == "scheduled"]
+    assert scheduled, api.runs("release")
+    first = scheduled[0]  # runs() lists the oldest first
+    assert first["state"] == "success", api.states("release", first["dag_run_id"])
+    assert api.states("release", first["dag_run_id"]) == {"select_image": "skipped", "deploy": "skipped"}
+
+
 def test_task_instances_of_the_flow_ran_on_both_workers(api: AirflowAPI, flow: dict[str, Any]) -> None:
     hosts = {
         ti["hostname"]
