@@ -307,6 +307,7 @@ class DockerEngine:
         a dead or zombie process that the next dockerd would wait for until it times out; and its mounts,
         which keep the state folder from being deleted."""
         exec_root = str(self._exec_root()).encode()
+        killed = []
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
@@ -314,10 +315,12 @@ class DockerEngine:
                 cmdline = (proc / "cmdline").read_bytes()
                 if exec_root in cmdline and b"containerd" in cmdline:
                     os.kill(int(proc.name), signal.SIGKILL)
-        pid_file = self._exec_root() / "containerd" / "containerd.pid"
-        with contextlib.suppress(OSError, ValueError):
-            if not _alive(int(pid_file.read_text().strip())):
-                pid_file.unlink()
+                    killed.append(int(proc.name))
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in killed) and time.monotonic() < deadline:
+            time.sleep(0.1)  # a dying containerd still holds its database lock
+        # No dockerd of ours runs and its containerd is gone: the pid file can only mislead the next one.
+        (self._exec_root() / "containerd" / "containerd.pid").unlink(missing_ok=True)
         unmount_under(self.state_dir / "docker-data")
 
 
