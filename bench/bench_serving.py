@@ -355,8 +355,8 @@ def main(runs: int, seconds: float) -> common.Report:
     cpu_ms = b16["server_cpu_ms_per_req"]
     report.note(f"at the winner's CPU cost ({cpu_ms:.2f} ms a request at 16 clients), 2 idle cores would serve at "
                 f"most about {2000 / cpu_ms:.0f} req/s (before wrk's own CPU); "
-                "the measured rate is lower because the container only gets the share of the 2 cores that the "
-                "other work on the machine leaves it")
+                "the measured rate is lower because the container gets only the share of the 2 cores that wrk "
+                "(and any other work on the machine) leaves it")
     report.add(f"access log on stdout vs /dev/null, w{best[0]} t{best[1]} o{best[2]}, 16 clients (req/s)",
                "access log on stdout (as shipped)", [s["rps"] for s in access_on[16]], "access log to /dev/null",
                [s["rps"] for s in access_off[16]], "req/s", higher_is_better=True)  # fmt: skip
