@@ -33,7 +33,7 @@ from typing import Any
 
 # Imported before any MODELSHIP_CACHE is set: localstack resolves the shared cache (Azurite's npm
 # install, the base rootfs) at import time, and the benchmarks must keep using that one.
-from modelship import localstack
+from modelship import localstack, stack
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("MODELSHIP_BENCH_STATE", REPO / ".state" / "bench"))
@@ -285,17 +285,7 @@ class BenchStack:
             "MODELSHIP_BASE_IMAGE": localstack.BASE_IMAGE,
             "MODELSHIP_DOCKER_HOST": self.docker.url,
             "MODELSHIP_DOCKER_DEPLOY_PORT": str(localstack.free_port()),
-            "AIRFLOW_CONN_MODELSHIP_BLOB": json.dumps(
-                {"conn_type": "wasb", "extra": {"connection_string": self.azurite.connection_string}}
-            ),
-            "AIRFLOW_CONN_MODELSHIP_REGISTRY": json.dumps(
-                {
-                    "conn_type": "docker",
-                    "host": self.registry.address,
-                    "login": self.registry.username,
-                    "password": self.registry.password,
-                }
-            ),
+            **stack.connections(self.registry, self.azurite),
         }
 
     def apply(self, env: dict[str, str]) -> None:
@@ -401,16 +391,7 @@ class AirflowServer:
             **env,
             **airflow_env(home),
             "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__AUTH_MANAGER": (
-                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-            ),
-            "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(self.port),
-            "AIRFLOW__API__BASE_URL": self.base,
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base}/execution/",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            **stack.airflow_settings(home, self.port),
         }
         self.procs = [localstack.Process(f"airflow-{name}", home) for name, _ in self.COMPONENTS]
         self._token = ""

@@ -35,6 +35,41 @@ AIRFLOW_COMPONENTS = (
 )
 
 
+def airflow_settings(home: Path, port: int) -> dict[str, str]:
+    """Airflow's components as modelship runs them on one host: this repository's dags/ and plugins/,
+    LocalExecutor, the simple auth manager, the API on 127.0.0.1:`port`. (The benchmarks run the same.)"""
+    base = f"http://127.0.0.1:{port}"
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        # 32 workers by default would take 5.5 GB here; 4 is plenty for three DAGs.
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        # Without this every task fails with "Connection refused" (it defaults to localhost:8080 on all
+        # interfaces' resolution, which may pick ::1).
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
+        "AIRFLOW__API__BASE_URL": base,
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+    }
+
+
+def connections(registry: localstack.Registry, azurite: localstack.Azurite) -> dict[str, str]:
+    """The connections the DAGs use (model store, registry), as AIRFLOW_CONN_* for these local stand-ins."""
+    return {
+        "AIRFLOW_CONN_MODELSHIP_BLOB": json.dumps(
+            {"conn_type": "wasb", "extra": {"connection_string": azurite.connection_string}}
+        ),
+        "AIRFLOW_CONN_MODELSHIP_REGISTRY": json.dumps(
+            {"conn_type": "docker", "host": registry.address, "login": registry.username, "password": registry.password}
+        ),
+    }
+
+
 class Stack:
     def __init__(self, state: Path, *, registry_port: int = REGISTRY_PORT, azurite_port: int = AZURITE_PORT) -> None:
         # Ports are arguments so another stack (modelship.distributed) can run beside this one.
@@ -51,38 +86,10 @@ class Stack:
 
     def environment(self) -> dict[str, str]:
         """Connections and settings for Airflow and the CLI, all pointing at the local stack."""
-        home = self.state / "airflow"
-        base = f"http://127.0.0.1:{AIRFLOW_PORT}"
         return {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__AUTH_MANAGER": (
-                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-            ),
+            **airflow_settings(self.state / "airflow", AIRFLOW_PORT),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            # 32 workers by default would take 5.5 GB here; 4 is plenty for three DAGs.
-            "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(AIRFLOW_PORT),
-            # Without this every task fails with "Connection refused" (it defaults to localhost:8080 on all
-            # interfaces' resolution, which may pick ::1).
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
-            "AIRFLOW__API__BASE_URL": base,
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
-            "AIRFLOW_CONN_MODELSHIP_BLOB": json.dumps(
-                {"conn_type": "wasb", "extra": {"connection_string": self.azurite.connection_string}}
-            ),
-            "AIRFLOW_CONN_MODELSHIP_REGISTRY": json.dumps(
-                {
-                    "conn_type": "docker",
-                    "host": self.registry.address,
-                    "login": self.registry.username,
-                    "password": self.registry.password,
-                }
-            ),
+            **connections(self.registry, self.azurite),
             "MODELSHIP_STATE": str(self.state),
             "MODELSHIP_MODEL_STORE": f"wasb:{MODEL_CONTAINER}",
             "MODELSHIP_BASE_IMAGE": localstack.BASE_IMAGE,
