@@ -622,16 +622,20 @@ def push_image(
                 f"registry {registry} refused the credentials of connection {registry_conn!r}: {explanation}"
             ) from exc
 
-    try:
-        api = with_retries(
-            connect,
-            what=f"log in to {registry} to push {target}:{tag}",
-            attempts=attempts,
-            backoff=backoff,
-            transient=lambda exc: isinstance(exc, _TransientPushError),
-        )
-    except _TransientPushError as exc:
-        raise ImagePushError(f"push of {target}:{tag} failed after {attempts} attempts: {exc}") from exc
+    def retried(call: Any, what: str) -> Any:
+        """call() with transient failures retried; the last one becomes an ImagePushError naming the attempts."""
+        try:
+            return with_retries(
+                call,
+                what=what,
+                attempts=attempts,
+                backoff=backoff,
+                transient=lambda exc: isinstance(exc, _TransientPushError),
+            )
+        except _TransientPushError as exc:
+            raise ImagePushError(f"push of {target}:{tag} failed after {attempts} attempts: {exc}") from exc
+
+    api = retried(connect, f"log in to {registry} to push {target}:{tag}")
     api.tag(image, target, tag=tag)
     log.info("pushing %s as %s:%s", image, target, tag)
     started = time.monotonic()
@@ -643,16 +647,7 @@ def push_image(
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise _TransientPushError(f"Docker engine connection failed while pushing: {exc}") from exc
 
-    try:
-        digest = with_retries(
-            push_once,
-            what=f"push {target}:{tag}",
-            attempts=attempts,
-            backoff=backoff,
-            transient=lambda exc: isinstance(exc, _TransientPushError),
-        )
-    except _TransientPushError as exc:
-        raise ImagePushError(f"push of {target}:{tag} failed after {attempts} attempts: {exc}") from exc
+    digest = retried(push_once, f"push {target}:{tag}")
     log.info("pushed %s:%s = %s in %.1fs", target, tag, digest, time.monotonic() - started)
     return digest
 
