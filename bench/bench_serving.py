@@ -245,6 +245,24 @@ def round_robin(apps: dict[Any, App], script: Path, runs: int, seconds: float) -
     return out
 
 
+def measure(
+    api: Any, image: str, variants: dict[Any, tuple[tuple[int, int, int], dict[str, str]]], script: Path,
+    runs: int, seconds: float,
+) -> dict[Any, dict[int, list]]:  # fmt: skip
+    """Serve every variant (config, extra env) at once, warm each up and measure them in rounds; the
+    containers go whatever happens, including one that fails to start."""
+    apps: dict[Any, App] = {}
+    try:
+        for key, (config, extra_env) in variants.items():
+            apps[key] = App(api, image, config, extra_env)
+        for app in apps.values():
+            app.warm_up(script)
+        return round_robin(apps, script, runs, seconds)
+    finally:
+        for app in apps.values():
+            app.remove()
+
+
 def summary(samples: list[dict[str, float]]) -> dict[str, float]:
     return {key: common.median([s[key] for s in samples]) for key in samples[0]}
 
@@ -291,14 +309,7 @@ def main(runs: int, seconds: float) -> common.Report:
 
         api = stack.docker_api()
         # Every configuration serves at once (idle ones cost next to nothing) and is measured in rounds.
-        apps = {config: App(api, built["image_id"], config, {}) for config in CONFIGS}
-        try:
-            for app in apps.values():
-                app.warm_up(script)
-            results = round_robin(apps, script, runs, seconds)
-        finally:
-            for app in apps.values():
-                app.remove()
+        results = measure(api, built["image_id"], {config: (config, {}) for config in CONFIGS}, script, runs, seconds)
         for config in CONFIGS:
             line = ", ".join(f"{c} client(s) {summary(results[config][c])['rps']:.0f} req/s" for c in CLIENTS)
             print(f"workers={config[0]} threads={config[1]} ort={config[2]}: {line}", flush=True)
@@ -306,14 +317,7 @@ def main(runs: int, seconds: float) -> common.Report:
         # The winner with and without the access log on the container's stdout, A/B in rounds as well.
         best = max(CONFIGS, key=lambda cfg: summary(results[cfg][16])["rps"])
         no_log = {"GUNICORN_CMD_ARGS": "--access-logfile /dev/null"}
-        pair = {"log": App(api, built["image_id"], best, {}), "off": App(api, built["image_id"], best, no_log)}
-        try:
-            for app in pair.values():
-                app.warm_up(script)
-            ab = round_robin(pair, script, runs, seconds)
-        finally:
-            for app in pair.values():
-                app.remove()
+        ab = measure(api, built["image_id"], {"log": (best, {}), "off": (best, no_log)}, script, runs, seconds)
         access_on, access_off = ab["log"], ab["off"]
 
     rows = []
