@@ -508,6 +508,45 @@ def test_a_release_that_never_gets_ready_is_rolled_back(released, target, push) 
 
 
 @pytest.mark.k8s
+def test_a_deploy_waits_for_pods_of_an_earlier_rollout_that_are_still_terminating(released, target) -> None:
+    """A terminating pod still holds the host port (local overlay): applying then would leave the new pod
+    Pending on "didn't have free ports" and roll back a good image. Held here by a finalizer we remove."""
+    import threading
+
+    core = target.hook.core_v1_client
+    live = target.hook.apps_v1_client.read_namespaced_deployment("modelship-app", target.namespace)
+    held = k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(
+            name="held-terminating", labels=live.spec.selector.match_labels, finalizers=["modelship.test/hold"]
+        ),
+        # Never scheduled (no node has the label): it only has to exist and be terminating.
+        spec=k8s.V1PodSpec(node_selector={"modelship.test/nowhere": "1"},
+                           containers=[k8s.V1Container(name="c", image="unused")]),
+    )  # fmt: skip
+    core.create_namespaced_pod(target.namespace, held)
+    core.delete_namespaced_pod("held-terminating", target.namespace)
+    release_after = 4.0
+
+    def release() -> None:
+        time.sleep(release_after)
+        core.patch_namespaced_pod("held-terminating", target.namespace, {"metadata": {"finalizers": None}})
+
+    releaser = threading.Thread(target=release)
+    with log_messages("modelship.deploy") as messages:
+        started = time.monotonic()
+        releaser.start()
+        try:
+            event = target.deploy(released["v2_ref"], released["v2"].lineage(), timeout=60)
+        finally:
+            releaser.join()
+        took = time.monotonic() - started
+    assert any("waiting for terminating pods" in m and "held-terminating" in m for m in messages), messages
+    assert took >= release_after, took
+    assert event["commit"] == released["v2"].commit
+    assert_v2_serves(target, released)
+
+
+@pytest.mark.k8s
 def test_an_unpullable_image_is_rolled_back(released, target) -> None:
     missing = released["v2_ref"].split("@")[0] + "@sha256:" + "0" * 64
     with pytest.raises(DeploymentFailed) as failed:

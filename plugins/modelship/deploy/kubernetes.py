@@ -451,6 +451,29 @@ class KubernetesTarget:
             return f"(could not list pods/events: {exc})"
         return summarize_pods(pods, revisions, events)
 
+    def wait_for_terminations(self, deployment: V1Deployment) -> None:
+        """Wait for pods of earlier rollouts that are still shutting down, before a new rollout starts.
+
+        A terminating pod still holds what it held: a hostPort or the host network's port (the local
+        overlay), a GPU, a volume. A rollout started then would spend its deadline Pending on "didn't have
+        free ports" and be rolled back for a reason that has nothing to do with the new image. Bounded by the
+        pods' grace period plus a margin; past it the deploy goes ahead and its own deadline decides.
+        """
+        namespace = deployment.metadata.namespace
+        selector = ",".join(f"{k}={v}" for k, v in (deployment.spec.selector.match_labels or {}).items())
+        grace = deployment.spec.template.spec.termination_grace_period_seconds or 30
+        until = time.monotonic() + grace + 30
+        while True:
+            pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+            leaving = sorted(pod.metadata.name for pod in pods if pod.metadata.deletion_timestamp is not None)
+            if not leaving:
+                return
+            if time.monotonic() >= until:
+                log.warning("pods %s are still terminating after %ds; deploying anyway", ", ".join(leaving), grace + 30)
+                return
+            log.info("waiting for terminating pods of an earlier rollout: %s", ", ".join(leaving))
+            time.sleep(self.poll_interval)
+
     def wait_for_rollout(self, name: str, namespace: str, generation: int, deadline: float) -> V1Deployment:
         """Wait until the rollout of ``generation`` is complete; ``deadline`` is a time.monotonic() value.
 
@@ -630,6 +653,8 @@ class KubernetesTarget:
         # kubectl's "previous" when the apply made a new revision; if it did not, rollback() falls back to it).
         serving_before = revision_of(live) if live is not None else None
 
+        if live is not None:
+            self.wait_for_terminations(live)
         deadline = time.monotonic() + (timeout if timeout is not None else self.rollout_timeout)
         applied = self.apply(objects)
         generation = next(obj for obj in applied if obj.kind == "Deployment").metadata.generation
