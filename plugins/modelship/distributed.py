@@ -1,15 +1,16 @@
 """`make up-distributed` / `make down-distributed`: Airflow on Postgres, Redis and two Celery workers.
 
-    python -m modelship.distributed up       # engine, images, registry, Azurite, then docker-compose.airflow.yml
+    python -m modelship.distributed up       # engine, images, then docker-compose.airflow.yml
     python -m modelship.distributed down     # removes every container and stops what `up` started
     python -m modelship.distributed status
     python -m modelship.distributed images   # only build/load the images
 
-The compose stack runs in its own Docker engine, with its own registry and Azurite (the pieces of
-``modelship.stack.Stack``, on other ports), all under ``.state/distributed/``: it coexists with `make up`
-and `down` stops exactly what `up` started. Nothing can be pulled here, so the three images are built
-from dockerfiles/ on local debootstrapped root filesystems, and saved as tarballs in ~/.cache/modelship so a
-new engine (a test session, a fresh state folder) loads them in seconds instead of rebuilding.
+The compose stack runs in its own Docker engine (``modelship.stack.Stack``'s, on other ports), with
+its registry and Azurite as compose services beside Airflow, its state under ``.state/distributed/``: it
+coexists with `make up`, and `down` stops exactly what `up` started. Nothing can be pulled here, so the five
+images are built from dockerfiles/ on local debootstrapped root filesystems, and saved as tarballs in
+~/.cache/modelship so a new engine (a test session, a fresh state folder) loads them in seconds instead of
+rebuilding.
 
 Inside the containers this module only provides ``check-connections`` (the init step's sanity check).
 """
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,8 @@ CACHE = localstack.CACHE_DIR / "distributed"
 AIRFLOW_IMAGE = "modelship/airflow:3.3.2"
 POSTGRES_IMAGE = "modelship/postgres:15"
 REDIS_IMAGE = "modelship/redis:7"
+REGISTRY_IMAGE = "modelship/registry:2"
+AZURITE_IMAGE = f"modelship/azurite:{localstack.AZURITE_VERSION}"
 BUILD_KEY_LABEL = "io.modelship.build-key"
 # The workers' MODELSHIP_CACHE (wheelhouse, the app's test venvs, model cache): only saves time, and every
 # writer renames into place atomically, so all stacks on the machine (and test sessions) share it.
@@ -125,6 +128,37 @@ class Rootfs:
 AIRFLOW_ROOTFS = Rootfs("airflow-base", ("python3", "python3-venv", "ca-certificates", "git"))
 # One root filesystem for both data services: one mmdebstrap run, layers shared on disk.
 DATA_ROOTFS = Rootfs("data-base", ("postgresql-15", "redis-server"))
+# The same for the Azure stand-ins (wget: the registry's healthcheck).
+STANDINS_ROOTFS = Rootfs("standins-base", ("docker-registry", "wget", "nodejs"))
+
+
+@dataclass(frozen=True)
+class ContextExtra:
+    """Inputs made on the host and added to a build context: nothing can be fetched inside `docker build` here."""
+
+    describe: Callable[[], bytes]  # what the image's cache key hashes (cheap: no download)
+    add: Callable[[Path], None]  # put them into the context folder
+
+
+def _add_requirements(context: Path) -> None:
+    from modelship import images
+
+    requirements = REPO_ROOT / "requirements.txt"
+    shutil.copy2(requirements, context / "requirements.txt")
+    for reqs in (requirements, context / "requirements-bookworm.txt"):
+        _link_tree(images.wheelhouse(reqs, localstack.CACHE_DIR), context / "wheels")
+
+
+def _add_azurite(context: Path) -> None:
+    # node_modules/.bin/azurite-blob → node_modules; its .bin entries are symlinks, kept as such.
+    node_modules = localstack.Azurite.install().parents[1]
+    shutil.copytree(node_modules, context / "node_modules", symlinks=True, copy_function=_link_or_copy)
+
+
+# The Airflow image: requirements.txt and its wheelhouse (pip cannot reach an index inside `docker build`).
+REQUIREMENTS = ContextExtra(lambda: (REPO_ROOT / "requirements.txt").read_bytes(), _add_requirements)
+# Azurite: the npm package the host installs for `make up`, pinned by version.
+AZURITE_PACKAGE = ContextExtra(lambda: f"azurite@{localstack.AZURITE_VERSION}".encode(), _add_azurite)
 
 
 @dataclass(frozen=True)
@@ -135,7 +169,7 @@ class ImageSpec:
     name: str  # the default tag compose runs
     folder: str  # dockerfiles/<folder>
     rootfs: Rootfs
-    with_requirements: bool = False  # the Airflow image: + requirements.txt and its wheelhouse
+    extra: ContextExtra | None = None
 
     def key(self) -> str:
         digest = hashlib.sha256(f"{self.name}\n{self.rootfs.key}\n".encode())
@@ -143,8 +177,8 @@ class ImageSpec:
             if path.is_file():
                 digest.update(f"{path.relative_to(DOCKER_DIR)}:{path.stat().st_mode & 0o111}\n".encode())
                 digest.update(path.read_bytes())
-        if self.with_requirements:
-            digest.update((REPO_ROOT / "requirements.txt").read_bytes())
+        if self.extra:
+            digest.update(self.extra.describe())
         return digest.hexdigest()[:16]
 
     def tarball(self) -> Path:
@@ -153,9 +187,11 @@ class ImageSpec:
 
 
 IMAGES = (
-    ImageSpec("AIRFLOW_IMAGE", AIRFLOW_IMAGE, "airflow", AIRFLOW_ROOTFS, with_requirements=True),
+    ImageSpec("AIRFLOW_IMAGE", AIRFLOW_IMAGE, "airflow", AIRFLOW_ROOTFS, REQUIREMENTS),
     ImageSpec("POSTGRES_IMAGE", POSTGRES_IMAGE, "postgres", DATA_ROOTFS),
     ImageSpec("REDIS_IMAGE", REDIS_IMAGE, "redis", DATA_ROOTFS),
+    ImageSpec("REGISTRY_IMAGE", REGISTRY_IMAGE, "registry", STANDINS_ROOTFS),
+    ImageSpec("AZURITE_IMAGE", AZURITE_IMAGE, "azurite", STANDINS_ROOTFS, AZURITE_PACKAGE),
 )
 
 
@@ -184,15 +220,13 @@ def _build(client: docker.DockerClient, spec: ImageSpec, key: str) -> None:
     from modelship import images
 
     base = _import_rootfs(client, spec.rootfs)
-    with tempfile.TemporaryDirectory(prefix="modelship-build-") as tmp:
+    # Beside the cache, not in /tmp: hard links into the build context need one filesystem.
+    (CACHE / "build").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="context-", dir=CACHE / "build") as tmp:
         context = Path(tmp) / "context"
         shutil.copytree(DOCKER_DIR / spec.folder, context)
-        if spec.with_requirements:
-            # The wheelhouse is made on the host (pip cannot reach an index inside `docker build` here).
-            requirements = REPO_ROOT / "requirements.txt"
-            shutil.copy2(requirements, context / "requirements.txt")
-            for reqs in (requirements, context / "requirements-bookworm.txt"):
-                _link_tree(images.wheelhouse(reqs, localstack.CACHE_DIR), context / "wheels")
+        if spec.extra:
+            spec.extra.add(context)
         print(f"  building {spec.name} from dockerfiles/{spec.folder} on {base}…", flush=True)
         images.build_image(client, context, spec.name, {"BASE_IMAGE": base}, labels={BUILD_KEY_LABEL: key})
 
@@ -222,14 +256,19 @@ def _save(client: docker.DockerClient, spec: ImageSpec, tarball: Path) -> None:
 
 
 def _link_tree(src: Path, dest: Path) -> None:
-    """Hard links where possible (the wheelhouse is hundreds of MB), copies across filesystems."""
+    """The files of `src` (a wheelhouse: hundreds of MB) into `dest`, linked where possible."""
     dest.mkdir(parents=True, exist_ok=True)
     for path in src.iterdir():
         if path.is_file() and not (dest / path.name).exists():
-            try:
-                os.link(path, dest / path.name)
-            except OSError:
-                shutil.copy2(path, dest / path.name)
+            _link_or_copy(path, dest / path.name)
+
+
+def _link_or_copy(src: str | Path, dest: str | Path) -> None:
+    """A hard link, or a copy across filesystems."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
 
 
 # ---------------------------------------------------------------------------------------------- the stack
@@ -247,9 +286,11 @@ class Distributed:
     def __post_init__(self) -> None:
         from modelship.stack import Stack
 
-        # The single-host stack's pieces (Docker engine, registry, Azurite) and its connection settings,
-        # on this stack's own ports and state folder.
+        # The single-host stack's Docker engine and connection settings (registry credentials, Azurite's
+        # connection string), on this stack's own ports and state folder. Registry and Azurite themselves run
+        # as compose services.
         self.stack: Stack = Stack(self.state, registry_port=self.ports.registry, azurite_port=self.ports.azurite)
+        self.htpasswd = self.state / "registry-auth" / "htpasswd"
         self.compose_env = self.state / "compose.env"
         self.airflow_env = self.state / "airflow.env"
         self.auth_dir = self.state / "auth"
@@ -284,6 +325,9 @@ class Distributed:
             "AIRFLOW_API_PORT": str(self.ports.api),
             "POSTGRES_PORT": str(self.ports.postgres),
             "REDIS_PORT": str(self.ports.redis),
+            "REGISTRY_PORT": str(self.ports.registry),
+            "AZURITE_PORT": str(self.ports.azurite),
+            "REGISTRY_HTPASSWD": str(self.htpasswd),
             **{k: v for k, v in values.items() if k != "ADMIN_PASSWORD"},
             "DOCKER_SOCKET": str(socket),
             "DOCKER_GID": str(socket.stat().st_gid if socket.exists() else 0),
@@ -329,6 +373,10 @@ class Distributed:
         _write_private(self.compose_env, _dotenv(self.compose_variables()))
         _write_private(self.airflow_env, _dotenv(self.airflow_environment()))
         self.stack.write_env_file(self.host_environment())
+        # A bcrypt hash the registry's unprivileged user reads in its container (0644); the folder (0700)
+        # keeps it from the host's other users (the engine, as root, resolves the bind mount's path).
+        self.stack.registry.write_htpasswd(self.htpasswd).chmod(0o644)
+        self.htpasswd.parent.chmod(0o700)
         # The simple auth manager reads (and would otherwise generate) this file; group 0 (the containers'
         # group) may write it, since the api-server opens it for appending.
         self.auth_dir.mkdir(parents=True, exist_ok=True)
@@ -397,13 +445,11 @@ class Distributed:
         print("images (built once, then loaded from ~/.cache/modelship/distributed)…", flush=True)
         self.stack.docker.ensure_base_image()  # what the ci DAG builds the app on
         self.ensure_images()
-        print(f"starting registry on {self.stack.registry.address}, Azurite on 127.0.0.1:{self.ports.azurite}…")
-        self.stack.registry.start()
-        self.stack.azurite.start()
         self.write_files()
         self.prepare_wheelhouse()
-        print("starting the compose stack (postgres, redis, init, api-server, scheduler, dag-processor, "
-              "triggerer, 2 workers)…", flush=True)  # fmt: skip
+        print(f"starting the compose stack (postgres, redis, registry on {self.stack.registry.address}, Azurite on "
+              f"127.0.0.1:{self.ports.azurite}, init, api-server, scheduler, dag-processor, triggerer, "
+              "2 workers)…", flush=True)  # fmt: skip
         # `up -d` waits for the depends_on conditions (healthy database and broker, init completed).
         self.compose("up", "-d", "--remove-orphans")
         self.wait_ready(timeout)
@@ -439,7 +485,7 @@ class Distributed:
         print("  stop:       make down-distributed", flush=True)
 
     def down(self, volumes: bool = False) -> None:
-        """Remove the stack's containers (and with `volumes`, its data), then stop the host components."""
+        """Remove the stack's containers (and with `volumes`, its data), then stop its Docker engine."""
         if self.stack.docker.ping() and self.compose_env.exists():
             print("removing the compose stack's containers…", flush=True)
             self.compose("down", "--remove-orphans", *(["--volumes"] if volumes else []), timeout=300)
@@ -448,13 +494,8 @@ class Distributed:
             for container in client.containers.list(all=True):
                 container.remove(force=True)
             client.close()
-        for name, component in (
-            ("Azurite", self.stack.azurite),
-            ("registry", self.stack.registry),
-            ("Docker engine", self.stack.docker),
-        ):
-            print(f"stopping {name}…", flush=True)
-            component.stop()
+        print("stopping Docker engine…", flush=True)
+        self.stack.docker.stop()
 
     def running(self) -> bool:
         """The compose stack's API answers (what `make demo` checks to pick this stack over `make up`'s)."""

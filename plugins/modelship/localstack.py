@@ -218,11 +218,7 @@ class Registry:
             raise StackError(
                 "docker-registry/htpasswd missing: run `make up` (apt: docker-registry apache2-utils)"
             )
-        htpasswd = self.state_dir / "registry.htpasswd"
-        line = subprocess.run(
-            ["htpasswd", "-Bbn", self.username, self.password], check=True, capture_output=True, text=True
-        ).stdout.strip()
-        htpasswd.write_text(line + "\n")
+        htpasswd = self.write_htpasswd(self.state_dir / "registry.htpasswd")
         config = self.state_dir / "registry.yml"
         config.write_text(
             "version: 0.1\n"
@@ -234,6 +230,17 @@ class Registry:
         )
         self.proc.spawn(["docker-registry", "serve", str(config)])
         wait_for(lambda: port_open(self.port), f"registry on {self.address}", log=self.proc.log_file)
+
+    def write_htpasswd(self, path: Path) -> Path:
+        """The registry's user file: one bcrypt entry for username/password (what the registry checks)."""
+        if not shutil.which("htpasswd"):
+            raise StackError("htpasswd missing: run `make up` (apt: apache2-utils)")
+        line = subprocess.run(
+            ["htpasswd", "-Bbn", self.username, self.password], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(line + "\n")
+        return path
 
     def stop(self) -> None:
         self.proc.stop()

@@ -18,8 +18,8 @@ from tests.distributed.conftest import ENABLED, REPO
 
 BRIDGE_FILE = REPO / "docker-compose.bridge.yml"
 SERVICES = {
-    "postgres", "redis", "airflow-init", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
-    "airflow-triggerer", "airflow-worker-1", "airflow-worker-2",
+    "postgres", "redis", "registry", "azurite", "airflow-init", "airflow-api-server", "airflow-scheduler",
+    "airflow-dag-processor", "airflow-triggerer", "airflow-worker-1", "airflow-worker-2",
 }  # fmt: skip
 
 
@@ -80,6 +80,28 @@ def test_every_named_volume_is_declared(resolved: dict[str, Any]) -> None:
     sources = [v.split(":")[0] for s in resolved["services"].values() for v in s.get("volumes", [])]
     used = {source for source in sources if not source.startswith(("/", "."))}
     assert used and used <= declared, used - declared
+
+
+def test_the_azure_stand_ins_listen_where_the_connections_point(
+    resolved: dict[str, Any], generated: distributed.Distributed
+) -> None:
+    services = resolved["services"]
+    registry = services["registry"]["environment"]
+    assert registry["REGISTRY_HTTP_ADDR"] == generated.stack.registry.address
+    assert registry["REGISTRY_AUTH"] == "htpasswd"
+    # The htpasswd file mounted into the registry holds the connection's user, and checks its password.
+    [mount] = [v for v in services["registry"]["volumes"] if v.endswith(":/auth/htpasswd:ro")]
+    htpasswd, login = mount.split(":")[0], generated.stack.registry
+    check = subprocess.run(["htpasswd", "-vb", htpasswd, login.username, login.password], capture_output=True)
+    assert check.returncode == 0, check.stderr
+    command = services["azurite"]["command"]
+    assert command[command.index("--blobHost") + 1] == "127.0.0.1"
+    assert command[command.index("--blobPort") + 1] == str(generated.ports.azurite)
+    # The workers start only once both answer: a task must not find them still starting.
+    for worker in ("airflow-worker-1", "airflow-worker-2"):
+        depends = services[worker]["depends_on"]
+        assert depends["registry"]["condition"] == depends["azurite"]["condition"] == "service_healthy"
+        assert depends["airflow-init"]["condition"] == "service_completed_successfully"
 
 
 def test_two_workers_with_distinct_hostnames_and_no_log_server(resolved: dict[str, Any]) -> None:

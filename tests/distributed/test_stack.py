@@ -73,3 +73,37 @@ def test_the_demo_tells_the_whole_story_on_this_stack(stack, host_env: dict[str,
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("==> demo complete"), last
     assert last.endswith("tasks ran on worker-1, worker-2"), last
+
+
+def test_the_azure_stand_ins_are_compose_services_holding_what_the_flow_made(
+    stack, api: AirflowAPI, host_env: dict[str, str], flow: dict[str, Any]
+) -> None:
+    """The registry (ACR) and Azurite (storage account) the flow used are the compose file's services, healthy,
+    unprivileged, and they hold its results: the pushed image, behind auth, and the promoted model."""
+    import requests
+
+    from modelship.model_store import open_store
+    from modelship.registry import RegistryClient
+    from modelship.settings import Settings
+
+    for service in ("registry", "azurite"):
+        container = stack.container(service)
+        container.reload()
+        assert container.attrs["State"]["Health"]["Status"] == "healthy", (service, container.attrs["State"])
+        uid = container.exec_run(["id", "-u"]).output.decode().strip()
+        assert uid.isdigit() and uid != "0", (service, uid)
+
+    registry = stack.stack.registry
+    assert requests.get(f"http://{registry.address}/v2/", timeout=10).status_code == 401  # no anonymous access
+    [event] = api.image_events(flow["ci"]["dag_run_id"])
+    client = RegistryClient(registry.address, registry.username, registry.password)
+    try:
+        assert client.digest(event["repository"].split("/", 1)[1], event["tag"]) == event["digest"]
+    finally:
+        client.close()
+
+    settings = Settings.get()
+    store = open_store()  # host_env: the stack's Azurite
+    versions = {v["version"] for v in store.list_versions(settings.model_name)}
+    promoted = store.read_alias(settings.model_name, settings.model_alias)
+    assert "v1" in versions and promoted and promoted["version"] in versions, (versions, promoted)
