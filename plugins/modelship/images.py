@@ -62,8 +62,12 @@ LINEAGE_LABELS = {
     "MODEL_VERSION": LABEL_MODEL_VERSION,
     "MODEL_SHA256": LABEL_MODEL_SHA256,
 }
-# Containers started by smoke_test carry this label, so a crashed worker's leftovers can be found.
+# Containers started by smoke_test carry this label, so a crashed worker's leftovers can be found, and the
+# time (epoch seconds) after which no smoke test can still be using them: then the next smoke test removes them.
 SMOKE_LABEL = "io.modelship.smoke-test"
+SMOKE_EXPIRES_LABEL = "io.modelship.smoke-test.expires"
+# Beyond the readiness timeout: /healthz, /version and /score (10 s each at most), and slack for a slow engine.
+SMOKE_GRACE = 600
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache", ".ruff_cache")
 
 
@@ -415,9 +419,10 @@ def smoke_test(
     Checks, in order: the image's user is not root; /readyz answers 200 within `timeout` (a container that
     exits first fails with its last log lines); /healthz answers 200; /version reports `commit` and the
     model version + sha256; POST /score ranks `expected_label` first for `sample_png`. The container is
-    removed whatever happens.
+    removed whatever happens; the expired leftovers of smoke tests whose worker died are removed first.
     """
     api = _api(docker_like)
+    sweep_smoke_leftovers(api)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     name = f"modelship-smoke-{uuid.uuid4().hex[:10]}"
@@ -431,7 +436,7 @@ def smoke_test(
             image,
             name=name,
             environment={"APP_BIND": f"127.0.0.1:{port}", "APP_WORKERS": "1"},
-            labels={SMOKE_LABEL: "1"},
+            labels={SMOKE_LABEL: "1", SMOKE_EXPIRES_LABEL: str(int(time.time() + timeout + SMOKE_GRACE))},
             host_config=api.create_host_config(
                 network_mode="host",  # the engine has no bridge; the app binds loopback only
                 read_only=True,
@@ -499,6 +504,25 @@ def smoke_test(
                 pass
             except docker.errors.APIError as exc:  # report, but do not hide the test's own outcome
                 log.error("smoke test: could not remove container %s: %s", name, exc)
+
+
+def sweep_smoke_leftovers(api: docker.APIClient) -> list[str]:
+    """Remove smoke-test containers past their expiry: a worker killed mid-test never removed its container,
+    which would otherwise serve (and hold memory and a port) forever. Returns their names."""
+    removed = []
+    now = time.time()
+    for found in api.containers(all=True, filters={"label": SMOKE_LABEL}):
+        expires = (found.get("Labels") or {}).get(SMOKE_EXPIRES_LABEL, "")
+        if not expires.isdigit() or int(expires) > now:
+            continue  # a smoke test may still be using it
+        name = (found.get("Names") or [found["Id"][:12]])[0].lstrip("/")
+        try:
+            api.remove_container(found["Id"], force=True, v=True)
+        except docker.errors.NotFound:
+            continue  # another worker's sweep got there first
+        log.warning("removed %s, a smoke-test container left behind by a worker that died (expired)", name)
+        removed.append(name)
+    return removed
 
 
 def _create(api: docker.APIClient, image: str, **kwargs: Any) -> str:

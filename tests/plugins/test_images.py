@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import re
 import shutil
 import time
@@ -121,6 +122,33 @@ def test_smoke_test_gives_up_on_an_app_that_never_gets_ready(docker_client, tiny
     with pytest.raises(images.SmokeTestFailed, match="did not answer 200 within 3s"):
         _smoke(docker_client, image.id, timeout=3)
     assert time.monotonic() - started < 15
+    assert smoke_leftovers() == []
+
+
+def test_a_smoke_test_removes_the_expired_leftovers_of_a_worker_that_died(
+    docker_client, tiny_context, smoke_leftovers
+):
+    """A worker killed mid-smoke-test leaves its container serving; the next smoke test on the engine removes it
+    once it has expired, and leaves alone one a smoke test may still be using."""
+    context = tiny_context('ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nUSER 10001\nCMD ["sleep", "600"]\n')
+    sleeper = images.build_image(docker_client, context, "modelship-test/sleeps:latest", {"BASE_IMAGE": BASE_IMAGE})
+    now = int(time.time())
+    left = {}
+    for name, expires in (("expired", now - 1), ("in-use", now + 600)):
+        labels = {images.SMOKE_LABEL: "1", images.SMOKE_EXPIRES_LABEL: str(expires)}
+        left[name] = docker_client.containers.run(
+            sleeper.id, name=f"modelship-smoke-test-{name}-{now}", labels=labels, network_mode="host", detach=True
+        )
+    try:
+        with (
+            log_messages("modelship.images", logging.WARNING) as messages,
+            pytest.raises(images.SmokeTestFailed, match="did not answer 200 within 2s"),
+        ):
+            _smoke(docker_client, sleeper.id, timeout=2)
+        assert [c.name for c in smoke_leftovers()] == [left["in-use"].name]
+        assert any(left["expired"].name in m and "worker that died" in m for m in messages), messages
+    finally:
+        left["in-use"].remove(force=True)
     assert smoke_leftovers() == []
 
 
