@@ -140,13 +140,41 @@ class ContextExtra:
     add: Callable[[Path], None]  # put them into the context folder
 
 
-def _add_requirements(context: Path) -> None:
+def host_kubectl() -> Path | None:
+    """The host's kubectl if it can render the overlays (kustomize v4+, kubectl >= 1.21), else None."""
+    found = shutil.which("kubectl")
+    if not found:
+        return None
+    try:
+        done = subprocess.run([found, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=60)
+        kustomize = json.loads(done.stdout).get("kustomizeVersion", "")
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+    if not kustomize.startswith(("v4", "v5")):
+        return None
+    return Path(found).resolve()
+
+
+def _describe_airflow_inputs() -> bytes:
+    kubectl = host_kubectl()
+    tool = hashlib.sha256(kubectl.read_bytes()).hexdigest() if kubectl else "no kubectl"
+    return (REPO_ROOT / "requirements.txt").read_bytes() + f"\nkubectl {tool}\n".encode()
+
+
+def _add_airflow_inputs(context: Path) -> None:
     from modelship import images
 
     requirements = REPO_ROOT / "requirements.txt"
     shutil.copy2(requirements, context / "requirements.txt")
     for reqs in (requirements, context / "requirements-bookworm.txt"):
         _link_tree(images.wheelhouse(reqs, localstack.CACHE_DIR), context / "wheels")
+    (context / "bin").mkdir()
+    kubectl = host_kubectl()
+    if kubectl:
+        shutil.copy2(kubectl, context / "bin" / "kubectl")
+    else:
+        print("  no kubectl with kustomize v4+ on this host: the image's release DAG can deploy to the docker "
+              "target only", flush=True)  # fmt: skip
 
 
 def _add_azurite(context: Path) -> None:
@@ -155,8 +183,9 @@ def _add_azurite(context: Path) -> None:
     shutil.copytree(node_modules, context / "node_modules", symlinks=True, copy_function=_link_or_copy)
 
 
-# The Airflow image: requirements.txt and its wheelhouse (pip cannot reach an index inside `docker build`).
-REQUIREMENTS = ContextExtra(lambda: (REPO_ROOT / "requirements.txt").read_bytes(), _add_requirements)
+# The Airflow image: requirements.txt and its wheelhouse (pip cannot reach an index inside `docker build`), and
+# kubectl for the kubernetes target (nothing can be downloaded here: the host's, when it has a suitable one).
+AIRFLOW_INPUTS = ContextExtra(_describe_airflow_inputs, _add_airflow_inputs)
 # Azurite: the npm package the host installs for `make up`, pinned by version.
 AZURITE_PACKAGE = ContextExtra(lambda: f"azurite@{localstack.AZURITE_VERSION}".encode(), _add_azurite)
 
@@ -187,7 +216,7 @@ class ImageSpec:
 
 
 IMAGES = (
-    ImageSpec("AIRFLOW_IMAGE", AIRFLOW_IMAGE, "airflow", AIRFLOW_ROOTFS, REQUIREMENTS),
+    ImageSpec("AIRFLOW_IMAGE", AIRFLOW_IMAGE, "airflow", AIRFLOW_ROOTFS, AIRFLOW_INPUTS),
     ImageSpec("POSTGRES_IMAGE", POSTGRES_IMAGE, "postgres", DATA_ROOTFS),
     ImageSpec("REDIS_IMAGE", REDIS_IMAGE, "redis", DATA_ROOTFS),
     ImageSpec("REGISTRY_IMAGE", REGISTRY_IMAGE, "registry", STANDINS_ROOTFS),

@@ -18,6 +18,34 @@ def test_the_three_dags_parse_in_the_stack_without_import_errors(api: AirflowAPI
     assert api.get("/importErrors")["import_errors"] == []
 
 
+def test_a_worker_renders_the_kubernetes_release_with_the_images_kubectl(stack) -> None:
+    """The release DAG's kubernetes target from a worker: the image's kubectl renders the overlay the settings
+    name (k8s/ is mounted), and the target pins the image by digest and writes the lineage annotations."""
+    import json
+
+    from modelship.deploy.kubernetes import ANN_COMMIT, ANN_MODEL_VERSION
+
+    image = "registry.example/modelship/digits-app@sha256:" + "0" * 64
+    script = (
+        "import json\n"
+        "from modelship.deploy import get_target\n"
+        "from modelship.settings import Settings\n"
+        "target = get_target('kubernetes', Settings.get())\n"
+        f"objects = target.render(target.overlay_dir, {image!r}, {{'commit': 'a' * 40, 'model_version': 'v7'}})\n"
+        "print(json.dumps(objects))\n"
+    )
+    done = stack.container("airflow-worker-1").exec_run(["python", "-c", script], demux=True)
+    stdout, stderr = (part or b"" for part in done.output)
+    assert done.exit_code == 0, stderr.decode()[-3000:]
+    objects = json.loads(stdout)
+    [deployment] = [o for o in objects if o["kind"] == "Deployment"]
+    template = deployment["spec"]["template"]
+    assert template["spec"]["containers"][0]["image"] == image
+    assert template["metadata"]["annotations"][ANN_COMMIT] == "a" * 40
+    assert template["metadata"]["annotations"][ANN_MODEL_VERSION] == "v7"
+    assert {o["kind"] for o in objects} >= {"Deployment", "Service"}
+
+
 def test_the_whole_flow_runs_green_through_the_rest_api(api: AirflowAPI, flow: dict[str, Any]) -> None:
     for dag_id, run_id in flow["runs"]:
         run = api.run(dag_id, run_id)
