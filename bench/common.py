@@ -301,13 +301,7 @@ class BenchStack:
 
 
 def airflow_env(home: Path) -> dict[str, str]:
-    return {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-    }
+    return {**stack.airflow_project(home), "AIRFLOW__CORE__UNIT_TEST_MODE": "False"}
 
 
 def use_airflow_home(home: Path) -> None:

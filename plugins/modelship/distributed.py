@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -140,6 +141,7 @@ class ContextExtra:
     add: Callable[[Path], None]  # put them into the context folder
 
 
+@functools.cache  # asked by every image key and build; the host's tools do not change under a running process
 def host_kubectl() -> Path | None:
     """The host's kubectl if it can render the overlays (kustomize v4+, kubectl >= 1.21), else None."""
     found = shutil.which("kubectl")
@@ -402,10 +404,11 @@ class Distributed:
         _write_private(self.compose_env, _dotenv(self.compose_variables()))
         _write_private(self.airflow_env, _dotenv(self.airflow_environment()))
         self.stack.write_env_file(self.host_environment())
-        # A bcrypt hash the registry's unprivileged user reads in its container (0644); the folder (0700)
-        # keeps it from the host's other users (the engine, as root, resolves the bind mount's path).
-        self.stack.registry.write_htpasswd(self.htpasswd).chmod(0o644)
+        # A bcrypt hash the registry's unprivileged user reads in its container (0644); the folder, 0700 before
+        # the file is written, keeps it from the host's other users (the engine, as root, resolves the mount).
+        self.htpasswd.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.htpasswd.parent.chmod(0o700)
+        self.stack.registry.write_htpasswd(self.htpasswd).chmod(0o644)
         # The simple auth manager reads (and would otherwise generate) this file; group 0 (the containers'
         # group) may write it, since the api-server opens it for appending.
         self.auth_dir.mkdir(parents=True, exist_ok=True)

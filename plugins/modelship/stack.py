@@ -35,15 +35,22 @@ AIRFLOW_COMPONENTS = (
 )
 
 
-def airflow_settings(home: Path, port: int) -> dict[str, str]:
-    """Airflow's components as modelship runs them on one host: this repository's dags/ and plugins/,
-    LocalExecutor, the simple auth manager, the API on 127.0.0.1:`port`. (The benchmarks run the same.)"""
-    base = f"http://127.0.0.1:{port}"
+def airflow_project(home: Path) -> dict[str, str]:
+    """An Airflow home that loads this repository's dags/ and plugins/ and no examples."""
     return {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    }
+
+
+def airflow_settings(home: Path, port: int) -> dict[str, str]:
+    """Airflow's components as modelship runs them on one host: this repository's dags/ and plugins/,
+    LocalExecutor, the simple auth manager, the API on 127.0.0.1:`port`. (The benchmarks run the same.)"""
+    base = f"http://127.0.0.1:{port}"
+    return {
+        **airflow_project(home),
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
         # 32 workers by default would take 5.5 GB here; 4 is plenty for three DAGs.

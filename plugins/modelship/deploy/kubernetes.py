@@ -431,7 +431,7 @@ class KubernetesTarget:
     # -- observe -----------------------------------------------------------------------------------------
 
     def _replica_sets(self, deployment: V1Deployment) -> list[V1ReplicaSet]:
-        selector = ",".join(f"{k}={v}" for k, v in (deployment.spec.selector.match_labels or {}).items())
+        selector = _selector(deployment)
         items = self.apps.list_namespaced_replica_set(deployment.metadata.namespace, label_selector=selector).items
         return [rs for rs in items if owned_by(rs, deployment.metadata.uid)]
 
@@ -442,7 +442,7 @@ class KubernetesTarget:
     def describe_pods(self, deployment: V1Deployment) -> str:
         """The pods' states and warning events, for failure messages."""
         namespace = deployment.metadata.namespace
-        selector = ",".join(f"{k}={v}" for k, v in (deployment.spec.selector.match_labels or {}).items())
+        selector = _selector(deployment)
         try:
             pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
             revisions = {rs.metadata.name: revision_of(rs) for rs in self._replica_sets(deployment)}
@@ -460,7 +460,7 @@ class KubernetesTarget:
         pods' grace period plus a margin; past it the deploy goes ahead and its own deadline decides.
         """
         namespace = deployment.metadata.namespace
-        selector = ",".join(f"{k}={v}" for k, v in (deployment.spec.selector.match_labels or {}).items())
+        selector = _selector(deployment)
         grace = deployment.spec.template.spec.termination_grace_period_seconds or 30
         until = time.monotonic() + grace + 30
         while True:
@@ -724,6 +724,11 @@ class KubernetesTarget:
         except VerificationFailed as exc:
             return f"{what}\n{to}: {serving}, but its /version check failed: {exc}"
         return f"{what}\n{to}, serving {serving}"
+
+
+def _selector(deployment: V1Deployment) -> str:
+    """The Deployment's matchLabels as a label selector: its ReplicaSets and pods, every revision."""
+    return ",".join(f"{k}={v}" for k, v in (deployment.spec.selector.match_labels or {}).items())
 
 
 def _template_annotations(deployment: V1Deployment) -> dict[str, str]:
