@@ -2,7 +2,7 @@
 azure-storage-blob download of the same bytes. Target >= 0.8 (throughput ratio). Also the cache-hit time.
 
 The package is a trained digits model plus a 200 MB file of random bytes, hashed into model.json with
-modelship.manifest.write_manifest, published to Azurite with the model store.
+modelpkg.manifest.write_manifest, published to Azurite with the model store.
 
 - Baseline: ContainerClient.list_blobs + download_blob().readinto(file) for every blob of the version,
   SDK defaults, no verification.
@@ -35,7 +35,7 @@ CONTAINER = "bench-fetch"
 
 
 def big_package(root: Path, megabytes: int) -> Path:
-    from modelship.manifest import read_manifest, write_manifest
+    from modelpkg.manifest import read_manifest, write_manifest
 
     package = common.train(root, VERSION)
     manifest = read_manifest(package)

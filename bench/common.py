@@ -523,7 +523,7 @@ def train(root: Path, version: str) -> Path:
 
 
 def publish_and_promote(package: Path, alias: str = "production") -> dict[str, Any]:
-    from modelship.manifest import read_manifest
+    from modelpkg.manifest import read_manifest
     from modelship.model_store import open_store
 
     store = open_store()
@@ -628,9 +628,9 @@ def build_and_push(
     stack: BenchStack, source: SourceRepo, commit: str, model_dir: Path, tag: str, *, push: bool = True
 ) -> dict[str, str]:
     """Build the app image for (commit, model) with modelship.images, optionally push; ids and digest."""
+    from modelpkg.manifest import manifest_sha256, read_manifest
     from modelship import images
     from modelship import source as src
-    from modelship.manifest import manifest_sha256, read_manifest
 
     manifest = read_manifest(model_dir)
     work = stack.root / "build" / tag

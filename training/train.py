@@ -10,7 +10,7 @@ in the frame the digit sits (a linear model cannot absorb that shift, which is w
 
 It is exported with skl2onnx without ZipMap, so the ONNX outputs are plain tensors: `label` int64 [N]
 and `probabilities` float32 [N, 10] whose columns are ordered as labels.json.
-The recorded accuracy is measured on the exported ONNX file (training.evaluate), never on scikit-learn.
+The recorded accuracy is measured on the exported ONNX file (modelpkg.evaluate), never on scikit-learn.
 
 --degrade F (0..1, default 0) exists for tests and demos of the quality gate: a fraction F of the training
 labels is replaced by random digits, so e.g. --degrade 0.9 yields a package well below the 0.95 gate that
@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +40,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from modelship.manifest import manifest_sha256, write_manifest
-from training.dataset import HELDOUT_FRACTION, LABELS, SPLIT_SEED, load_split
-from training.evaluate import MODEL_FILE, heldout_metrics
+from modelpkg.atomic import atomic_dir
+from modelpkg.dataset import HELDOUT_FRACTION, LABELS, SPLIT_SEED, load_split
+from modelpkg.evaluate import heldout_metrics
+from modelpkg.manifest import LABELS_FILE, MODEL_FILE, manifest_sha256, write_manifest
 
-LABELS_FILE = "labels.json"
 INPUT_SPEC: dict[str, Any] = {
     "name": "pixels",
     "shape": [None, 64],
@@ -149,17 +147,8 @@ def train_package(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: exists and is not an empty directory; refusing to overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        os.chmod(staging, 0o755)  # mkdtemp makes 0700; the non-root serving user must read the model
-        manifest = _build(staging, version, name, seed, degrade)
-        # rename(2) atomically replaces an empty directory, so an empty --out is fine too.
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return manifest
+    with atomic_dir(out) as staging:  # 0755: the non-root serving user must read the model
+        return _build(staging, version, name, seed, degrade)
 
 
 def main(argv: list[str] | None = None) -> int:

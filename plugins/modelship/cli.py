@@ -47,7 +47,7 @@ def _accuracy(metrics: dict[str, Any]) -> str:
 
 
 def _publish(args: argparse.Namespace) -> tuple[Any, str]:
-    from modelship.manifest import manifest_sha256
+    from modelpkg.manifest import manifest_sha256
 
     store = _store()
     manifest = store.publish(args.dir, name=args.name)
@@ -90,7 +90,7 @@ def _promote(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _fetch(args: argparse.Namespace) -> tuple[Any, str]:
-    from modelship.manifest import manifest_sha256
+    from modelpkg.manifest import manifest_sha256
 
     store = _store()
     manifest = store.fetch(args.name, args.ref, args.dest)
@@ -107,7 +107,7 @@ def _fetch(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _show(args: argparse.Namespace) -> tuple[Any, str]:
-    from modelship.manifest import MANIFEST
+    from modelpkg.manifest import MANIFEST
 
     store = _store()
     version, manifest = store.resolve(args.name, args.ref)

@@ -31,8 +31,8 @@ from typing import IO, TYPE_CHECKING, Any
 import docker
 import requests
 
+from modelpkg.manifest import verify_package
 from modelship.localstack import free_port
-from modelship.manifest import verify_package
 from modelship.registry import (
     LABEL_CREATED,
     LABEL_MODEL_NAME,
@@ -235,8 +235,13 @@ def _run_logged(argv: list[str], *, timeout: float, error: type[Exception]) -> N
 # ---------------------------------------------------------------------------------------------- context
 
 
-def build_context(app_dir: Path, model_dir: Path, wheels_dir: Path, dest: Path) -> Path:
-    """Assemble the build context: a copy of app_dir plus wheels/ and model/ inside it.
+def build_context(
+    app_dir: Path, model_dir: Path, wheels_dir: Path, dest: Path, library_dir: Path | None = None
+) -> Path:
+    """Assemble the build context: a copy of app_dir plus wheels/, model/ and modelpkg/ inside it.
+
+    library_dir: the model-package library the app imports (default: modelpkg/ beside app_dir, as in every
+    checkout); a checkout from before the library existed has none, and its Dockerfile does not ask for it.
 
     Files are hard-linked where source and dest share a filesystem (no bytes copied: the model and the
     wheels are hundreds of MB), else copied. Consequence: never write into a context file in place, that
@@ -265,12 +270,16 @@ def build_context(app_dir: Path, model_dir: Path, wheels_dir: Path, dest: Path) 
     def app_ignore(folder: str, names: list[str]) -> set[str]:
         ignored = set(_IGNORED(folder, names))
         if Path(folder) == app_dir:
-            ignored |= {"wheels", "model"}  # these come from the arguments, never from a stray local copy
+            # These come from the arguments, never from a stray local copy.
+            ignored |= {"wheels", "model", "modelpkg"}
         return ignored
 
+    library = Path(library_dir) if library_dir is not None else app_dir.parent / "modelpkg"
     shutil.copytree(app_dir, dest, ignore=app_ignore, copy_function=link_or_copy)
     shutil.copytree(wheels_dir, dest / "wheels", ignore=_IGNORED, copy_function=link_or_copy)
     shutil.copytree(model_dir, dest / "model", ignore=_IGNORED, copy_function=link_or_copy)
+    if library.is_dir():
+        shutil.copytree(library, dest / "modelpkg", ignore=_IGNORED, copy_function=link_or_copy)
     log.info("build context %s: %d files linked, %d copied", dest, counts["linked"], counts["copied"])
     return dest
 
@@ -392,7 +401,7 @@ def sample_digit(index: int = SMOKE_SAMPLE_INDEX, size: int = 64) -> tuple[bytes
     import numpy as np
     from PIL import Image
 
-    from training.dataset import LABELS, load_split
+    from modelpkg.dataset import LABELS, load_split
 
     _, x_heldout, _, y_heldout = load_split()
     pixels = x_heldout[index].reshape(8, 8)

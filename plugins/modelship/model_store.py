@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from modelship.manifest import MANIFEST, REQUIRED_KEYS, ManifestError, _safe_path, verify_package
+from modelpkg.manifest import MANIFEST, REQUIRED_KEYS, ManifestError, safe_path, verify_package
 from modelship.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -526,7 +526,7 @@ class ModelStore:
     def _download_package(self, name: str, version: str, manifest: dict[str, Any], raw: bytes, into: Path) -> None:
         for rel in sorted(manifest["files"]):
             try:
-                target = _safe_path(into, rel)
+                target = safe_path(into, rel)
             except ManifestError as exc:
                 raise IntegrityError(f"model {name} version {version}: {exc}") from exc
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """The quality gate model_refresh runs before a version may be promoted.
 
 validate_model() fetches the version (which verifies every sha256), scores the exported ONNX file on the
-project's fixed held-out split (training.evaluate) and compares the measured accuracy with a minimum and,
+project's fixed held-out split (modelpkg.evaluate) and compares the measured accuracy with a minimum and,
 optionally, with the version the alias currently points at. A failed gate raises GateFailed with a
 message naming the gate and the margin, so the failed run in the Airflow UI says why at a glance.
 
@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from modelpkg.manifest import manifest_sha256
 from modelship.failfast import no_retry_on
 from modelship.lineage import ModelEvent
-from modelship.manifest import manifest_sha256
 from modelship.model_store import (
     IntegrityError,
     ModelNotFound,
@@ -49,7 +49,7 @@ def validate_model(
     Returns {name, version, sha256, accuracy, promoted_before}: promoted_before is the version the alias
     pointed at when the gate ran (None: unset), so promotion can compare-and-swap against exactly that.
     """
-    from training.evaluate import evaluate  # onnxruntime + scikit-learn: import only when scoring
+    from modelpkg.evaluate import evaluate  # onnxruntime + scikit-learn: import only when scoring
 
     if not 0.0 <= float(min_accuracy) <= 1.0:
         raise ValueError(f"min_accuracy must be within 0..1, got {min_accuracy}")

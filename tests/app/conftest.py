@@ -28,7 +28,7 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from classifier import create_app
-from training.dataset import load_split
+from modelpkg.dataset import load_split
 from training.train import train_package
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from classifier.imaging import ImageError, image_to_features
-from training.dataset import load_split
+from modelpkg.dataset import load_split
 
 # Damaged JPEGs legitimately make Pillow warn about their EXIF; the answer is still a clean 400.
 pytestmark = pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")

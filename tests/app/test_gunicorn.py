@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelship.manifest import manifest_sha256
+from modelpkg.manifest import manifest_sha256
 
 APP_DIR = Path(__file__).resolve().parents[2] / "app"
 APP_DIR_MARKER = "classifier-"  # gunicorn.conf.py's runtime folder prefix under TMPDIR

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from classifier import create_app
-from modelship.manifest import manifest_sha256, read_manifest
+from modelpkg.manifest import manifest_sha256, read_manifest
 
 
 def scrape(client) -> dict[tuple[str, frozenset], float]:

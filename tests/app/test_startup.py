@@ -9,7 +9,7 @@ import pytest
 
 from classifier import ConfigError, create_app
 from classifier.model import ModelLoadError
-from modelship.manifest import manifest_sha256
+from modelpkg.manifest import manifest_sha256
 
 
 def make_app(model_dir: Path, **config):
@@ -21,7 +21,8 @@ def test_tampered_model_onnx_refuses_to_start_naming_the_file(package_copy: Path
     data = bytearray(onnx.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of the weights
     onnx.write_bytes(bytes(data))
-    with pytest.raises(ModelLoadError, match=r"^model\.onnx: altered: sha256 is [0-9a-f]{64}, model\.json expects"):
+    altered = r"^model\.onnx: sha256 mismatch \(altered\): model\.json expects [0-9a-f]{64}"
+    with pytest.raises(ModelLoadError, match=altered):
         make_app(package_copy)
 
 
@@ -33,7 +34,7 @@ def test_missing_labels_json_refuses_to_start_naming_the_file(package_copy: Path
 
 def test_missing_manifest_refuses_to_start(package_copy: Path):
     (package_copy / "model.json").unlink()
-    with pytest.raises(ModelLoadError, match="model.json: missing"):
+    with pytest.raises(ModelLoadError, match="model.json: manifest missing"):
         make_app(package_copy)
 
 
@@ -49,7 +50,7 @@ def test_manifest_path_escaping_the_package_refuses_to_start(package_copy: Path)
     manifest = json.loads((package_copy / "model.json").read_text())
     manifest["files"]["../model.onnx"] = manifest["files"]["model.onnx"]
     (package_copy / "model.json").write_text(json.dumps(manifest))
-    with pytest.raises(ModelLoadError, match=r"\.\./model\.onnx: path escapes"):
+    with pytest.raises(ModelLoadError, match=r"'\.\./model\.onnx': path not allowed"):
         make_app(package_copy)
 
 
@@ -86,5 +87,5 @@ def test_gunicorn_with_a_tampered_model_exits_non_zero_with_the_reason_on_stderr
     returncode = server.process.wait(timeout=60)
     assert returncode != 0
     stderr = server.stderr.read_text()
-    assert "model.onnx: altered: sha256 is" in stderr
+    assert "model.onnx: sha256 mismatch (altered)" in stderr
     assert "Worker failed to boot" in stderr

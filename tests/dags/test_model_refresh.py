@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from modelpkg.manifest import manifest_sha256, read_manifest, write_manifest
 from modelship import localstack
-from modelship.manifest import manifest_sha256, read_manifest, write_manifest
 from modelship.model_store import BlobModelStore, LocalModelStore, ModelStore
 from modelship.validation import GateFailed, run_promote, run_validate, validate_model
 

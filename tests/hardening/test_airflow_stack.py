@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from modelpkg.manifest import manifest_sha256
 from modelship import images, localstack
-from modelship.manifest import manifest_sha256
 from modelship.registry import LABEL_MODEL_SHA256, LABEL_MODEL_VERSION, LABEL_REVISION, RegistryClient
 from tests.e2e.pipeline import REPO
 from tests.hardening.support import AirflowClient, AirflowStack, image_leaks, leaks, quick_commits

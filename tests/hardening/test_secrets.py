@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from modelpkg.manifest import manifest_sha256
 from modelship import images, localstack
-from modelship.manifest import manifest_sha256
 from tests.e2e.pipeline import REPO
 from tests.hardening.support import image_leaks, leaks
 

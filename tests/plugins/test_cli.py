@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from modelpkg.manifest import manifest_sha256, verify_package
 from modelship import localstack
-from modelship.manifest import manifest_sha256, verify_package
 
 REPO = Path(__file__).resolve().parents[2]
 MODELSHIP = REPO / ".venv" / "bin" / "modelship"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from modelpkg.manifest import manifest_sha256
 from modelship import images, localstack
-from modelship.manifest import manifest_sha256
 from modelship.registry import LABEL_MODEL_SHA256, LABEL_MODEL_VERSION, LABEL_REVISION, RegistryClient
 from tests.logcapture import log_messages
 
@@ -335,7 +335,9 @@ def test_code_only_rebuild_reuses_the_wheel_and_model_layers(app_build, model_pa
     shutil.copytree(APP, app_copy, ignore=shutil.ignore_patterns("__pycache__"))
     changed = app_copy / "classifier" / "__init__.py"
     changed.write_text(changed.read_text() + "\n# a code-only change\n")
-    context = images.build_context(app_copy, model_package["path"], app_build["wheels"], tmp_path / "context")
+    context = images.build_context(
+        app_copy, model_package["path"], app_build["wheels"], tmp_path / "context", APP.parent / "modelpkg"
+    )
     lineage = dataclasses.replace(app_build["lineage"], commit="3" * 40)
     # Through the low-level APIClient this time: every function takes a hook, an APIClient or a DockerClient.
     rebuilt = images.build_image(docker_client.api, context, "modelship-test/app:two", lineage.build_args(BASE_IMAGE))

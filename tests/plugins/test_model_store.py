@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from modelpkg.manifest import manifest_sha256, verify_package
 from modelship import localstack
-from modelship.manifest import manifest_sha256, verify_package
 from modelship.model_store import (
     ANY,
     BlobModelStore,

@@ -1,8 +1,9 @@
 """Score a model package on the fixed held-out split, exactly as the app will run it.
 
-The accuracy is measured on the exported ONNX file with onnxruntime and the package's labels.json, not on
-the scikit-learn object: the gate must judge the artefact that ships, conversion included. The
-model_refresh DAG calls evaluate(); `python -m training.evaluate DIR` prints the same dict as JSON.
+The accuracy is measured on the exported ONNX file with onnxruntime and the package's labels, not on the
+training library's object: the gate must judge the artefact that ships, conversion included. Training
+records it in the manifest, model_refresh measures it again before promoting; `python -m modelpkg.evaluate
+DIR` prints the same dict as JSON.
 """
 
 from __future__ import annotations
@@ -15,17 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
-from modelship.manifest import ManifestError, manifest_sha256, verify_package
-from training.dataset import load_split
-
-MODEL_FILE = "model.onnx"
-PROBABILITIES = "probabilities"
+from modelpkg.dataset import load_split
+from modelpkg.manifest import PROBABILITIES, ManifestError, verify_serving
 
 
 def heldout_metrics(model_path: str | os.PathLike[str], labels: list[str]) -> dict[str, Any]:
     """{accuracy, heldout_size} of an ONNX model whose probability columns are ordered as `labels`."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1  # deterministic, and polite on a 2-core CI machine
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
@@ -38,22 +37,17 @@ def heldout_metrics(model_path: str | os.PathLike[str], labels: list[str]) -> di
 
 def evaluate(package_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Verify the package's hashes, then score it: {accuracy, heldout_size, name, version, manifest_sha256}."""
-    package = Path(package_dir)
-    manifest = verify_package(package)
-    labels_file = manifest.get("labels_file", "labels.json")
-    if MODEL_FILE not in manifest["files"] or labels_file not in manifest["files"]:
-        raise ManifestError(f"{package}: manifest must list {MODEL_FILE} and {labels_file}")
-    labels = json.loads((package / labels_file).read_text(encoding="utf-8"))
+    package = verify_serving(package_dir)
     return {
-        **heldout_metrics(package / MODEL_FILE, labels),
-        "name": manifest["name"],
-        "version": manifest["version"],
-        "manifest_sha256": manifest_sha256(package),
+        **heldout_metrics(package.model_file, package.labels),
+        "name": package.manifest["name"],
+        "version": package.manifest["version"],
+        "manifest_sha256": package.sha256,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m modelpkg.evaluate", description=__doc__)
     parser.add_argument("package_dir", type=Path)
     args = parser.parse_args(argv)
     try:

@@ -1,4 +1,4 @@
-"""training: the fixed split, the CLI that writes a package, the gate-failing --degrade, evaluate()."""
+"""training: the CLI that writes a package, the gate-failing --degrade, and modelpkg.evaluate on what it wrote."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from modelship.manifest import MANIFEST, ManifestError, manifest_sha256, verify_package
-from training.dataset import load_split
-from training.evaluate import evaluate
-from training.evaluate import main as evaluate_main
+from modelpkg.evaluate import evaluate
+from modelpkg.evaluate import main as evaluate_main
+from modelpkg.manifest import MANIFEST, ManifestError, manifest_sha256, verify_package
 from training.train import main as train_main
 from training.train import train_package
 
@@ -39,16 +37,6 @@ def cli_packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pa
         stdout, stderr = process.communicate(timeout=120)
         results[kind] = (runs[kind][0], subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
     return results
-
-
-def test_heldout_split_is_fixed_stratified_and_a_quarter_of_the_data():
-    x_train, x_heldout, y_train, y_heldout = load_split()
-    again = load_split()
-    assert np.array_equal(x_heldout, again[1]) and np.array_equal(y_heldout, again[3])
-    assert x_heldout.shape == (450, 64) and x_train.shape == (1347, 64)
-    assert x_heldout.dtype == np.float32 and x_heldout.min() >= 0 and x_heldout.max() <= 16
-    everything = np.concatenate([y_train, y_heldout])
-    assert np.abs(np.bincount(y_heldout) - np.bincount(everything) / 4).max() <= 1  # stratified
 
 
 def test_cli_writes_a_verified_package_that_passes_the_gate(cli_packages):

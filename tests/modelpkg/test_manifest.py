@@ -1,4 +1,4 @@
-"""modelship.manifest: the one implementation of model.json (write, read, verify, identity)."""
+"""modelpkg.manifest: the one implementation of model.json (write, read, verify, identity)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modelship.manifest import (
+from modelpkg.manifest import (
     MANIFEST,
     ManifestError,
     manifest_sha256,

@@ -6,8 +6,9 @@ the model store and the DAGs read and verify it, and the sha256 of the model.jso
 identity of a model version everywhere (image labels, /version, cache keys): change any file or any
 metadata and the identity changes.
 
-The serving image cannot import this module (it ships only app/), so app/classifier/model.py carries its
-own short copy of the verification; keep the two in step.
+A package that can be *served* also has the ONNX model (MODEL_FILE, output PROBABILITIES) and its labels
+(LABELS_FILE, or the manifest's labels_file), both listed in the manifest: `verify_serving` checks that,
+for training's evaluation, the pipeline's gate and the app's start-up alike.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from modelpkg.atomic import write_atomic
+
 MANIFEST = "model.json"
+MODEL_FILE = "model.onnx"
+LABELS_FILE = "labels.json"  # default; a manifest may name another with "labels_file"
+PROBABILITIES = "probabilities"  # the ONNX output: float32 [N, len(labels)], columns ordered as the labels
 REQUIRED_KEYS = ("name", "version", "files", "metrics")
 # Keys write_manifest computes itself: `extra` may not override them, or the manifest could lie.
 _CORE_KEYS = frozenset({"name", "version", "created_at", "framework", "input", "metrics", "files"})
@@ -84,30 +90,30 @@ def write_manifest(
         "metrics": metrics,
         "files": _hash_package(package),
     }
-    text = json.dumps(manifest, sort_keys=True, indent=2) + "\n"
-    # Temp file in the same folder + os.replace: a reader never sees a half-written model.json.
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".tmp", dir=package)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the serving user must be able to read it
-        os.replace(tmp, package / MANIFEST)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # A reader never sees a half-written model.json; 0644: the serving user must be able to read it.
+    write_atomic(package / MANIFEST, json.dumps(manifest, sort_keys=True, indent=2) + "\n", mode=0o644)
     return manifest
 
 
 def read_manifest(package_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse model.json and check its required keys; ManifestError says what is wrong."""
-    path = Path(package_dir) / MANIFEST
+    return parse_manifest(_read_bytes(Path(package_dir) / MANIFEST), Path(package_dir) / MANIFEST)
+
+
+def _read_bytes(path: Path) -> bytes:
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        return path.read_bytes()
     except FileNotFoundError:
         raise ManifestError(f"{path}: manifest missing") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except OSError as exc:
+        raise ManifestError(f"{path}: unreadable: {exc}") from exc
+
+
+def parse_manifest(raw: bytes, path: str | os.PathLike[str] = MANIFEST) -> dict[str, Any]:
+    """The manifest in ``raw`` (the bytes of a model.json), its required keys and types checked."""
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ManifestError(f"{path}: not valid JSON: {exc}") from exc
     if not isinstance(manifest, dict):
         raise ManifestError(f"{path}: must be a JSON object")
@@ -122,7 +128,7 @@ def read_manifest(package_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
-def _safe_path(package: Path, rel: str) -> Path:
+def safe_path(package: Path, rel: str) -> Path:
     """Resolve a manifest path inside the package, refusing anything that could escape it."""
     pure = PurePosixPath(rel)
     if not rel or "\\" in rel or pure.is_absolute() or ".." in pure.parts or rel == MANIFEST:
@@ -134,18 +140,62 @@ def _safe_path(package: Path, rel: str) -> Path:
     return path
 
 
-def verify_package(package_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Check every file listed in model.json exists with the recorded sha256; return the manifest."""
+def verify_package(package_dir: str | os.PathLike[str], *, require: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Check every file listed in model.json exists with the recorded sha256; return the manifest.
+
+    ``require``: files that must be listed (a file that is not listed would be used unverified).
+    """
     package = Path(package_dir)
-    manifest = read_manifest(package)
+    return _verify_files(package, read_manifest(package), require)
+
+
+def _verify_files(package: Path, manifest: dict[str, Any], require: tuple[str, ...]) -> dict[str, Any]:
+    for needed in require:
+        if needed not in manifest["files"]:
+            raise ManifestError(f"{needed}: not listed in {MANIFEST}, so it cannot be verified")
     for rel, expected in sorted(manifest["files"].items()):
-        path = _safe_path(package, rel)
+        path = safe_path(package, rel)
         if not path.is_file():
-            raise ManifestError(f"{rel}: listed in {MANIFEST} but missing (expected sha256 {expected})")
+            raise ManifestError(f"{rel}: missing (listed in {MANIFEST} with sha256 {expected})")
         actual = sha256_file(path)
         if actual != expected:
-            raise ManifestError(f"{rel}: sha256 mismatch: expected {expected}, actual {actual}")
+            raise ManifestError(
+                f"{rel}: sha256 mismatch (altered): {MANIFEST} expects {expected}, the file has {actual}"
+            )
     return manifest
+
+
+@dataclass(frozen=True)
+class ServingPackage:
+    """A verified package that can be served: its manifest, identity and labels."""
+
+    path: Path
+    manifest: dict[str, Any]
+    sha256: str  # of the model.json bytes that were verified
+    labels: list[str]
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / MODEL_FILE
+
+
+def verify_serving(package_dir: str | os.PathLike[str]) -> ServingPackage:
+    """Verify a package that is to be scored or served: every hash, MODEL_FILE and the labels listed, the
+    labels a JSON list. The identity is the sha256 of exactly the manifest bytes that were checked."""
+    package = Path(package_dir)
+    raw = _read_bytes(package / MANIFEST)
+    manifest = parse_manifest(raw, package / MANIFEST)
+    labels_file = manifest.get("labels_file", LABELS_FILE)
+    if not isinstance(labels_file, str):
+        raise ManifestError(f"{package / MANIFEST}: 'labels_file' must be a string")
+    _verify_files(package, manifest, (MODEL_FILE, labels_file))
+    try:
+        labels = json.loads((package / labels_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{labels_file}: not a JSON list of labels: {exc!r}") from None
+    if not isinstance(labels, list) or not labels:
+        raise ManifestError(f"{labels_file}: not a JSON list of labels")
+    return ServingPackage(package, manifest, hashlib.sha256(raw).hexdigest(), [str(label) for label in labels])
 
 
 def manifest_sha256(package_dir: str | os.PathLike[str]) -> str:
