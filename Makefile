@@ -1,39 +1,41 @@
-# modelship: CI/CD for AI applications on Apache Airflow 3.
-#   make up     install what is missing, start the local stack and Airflow on 127.0.0.1:8080
-#   make down   stop everything `make up` started
-#   make test   the whole test suite (it starts the real components it needs itself, the local Kubernetes
-#               cluster included; `make test QUICK=1` leaves it out). The compose-stack suite runs with
-#               `make test MODELSHIP_DISTRIBUTED=1` (not yet in CI: see issue 11)
+# modelship: CI/CD for AI applications on Apache Airflow 3. Every target calls `python -m devstack`
+# (the development stack) or the tools in .venv; `make bootstrap` installs what is missing.
+#   make up [K8S=1]   install what is missing, start the local stack and Airflow on 127.0.0.1:8080;
+#                     K8S=1 also starts the local Kubernetes cluster and releases go there
+#   make down         stop everything `make up` started
+#   make demo [TARGET=kubernetes]   the whole story headless (model → ci → release → /score → status)
+#   make test         ruff and the whole test suite, the real-cluster and compose-stack suites included
+#                     (`make test QUICK=1` leaves those two out)
 SHELL := /bin/bash
 PY := .venv/bin/python
 
 .PHONY: up down status test lint bootstrap lock demo
 
 bootstrap:
-	@scripts/bootstrap.sh
+	@devstack/bootstrap.sh
 
 up: bootstrap
-	@$(PY) -m modelship.stack up
+	@$(PY) -m devstack up $(if $(filter 1 yes true,$(K8S)),--k8s)
 
 down:
-	@if [ -x $(PY) ]; then $(PY) -m modelship.stack down; fi
+	@if [ -x $(PY) ]; then $(PY) -m devstack down; fi
 
-# The whole story headless: model → ci → release → /score → status, twice. Against the distributed stack
-# when `make up-distributed` has it running, else against `make up`'s (started if it is not).
+# Against the distributed stack when `make up-distributed` has it running, else against `make up`'s (started
+# if it is not; TARGET=kubernetes starts it with the local cluster).
 demo: bootstrap
-	@if $(PY) -m modelship.distributed running; then \
+	@if $(PY) -m devstack distributed running; then \
 	  echo "demo against the distributed stack (make up-distributed)"; env=.state/distributed/modelship.env; \
 	else \
-	  $(MAKE) --no-print-directory up && env=.state/modelship.env; \
-	fi && set -a && . ./$$env && set +a && $(PY) -m modelship.demo
+	  $(MAKE) --no-print-directory up $(if $(filter kubernetes,$(TARGET)),K8S=1) && env=.state/modelship.env; \
+	fi && set -a && . ./$$env && set +a && $(PY) -m devstack demo $(if $(TARGET),--target $(TARGET))
 
 status:
-	@$(PY) -m modelship.stack status
+	@$(PY) -m devstack status
 
 lint: bootstrap
 	.venv/bin/ruff check .
 
-# The real-cluster (shared/k8s-local) and compose-stack (Celery workers) suites are opt-in inside pytest,
+# The real-cluster (devstack/k8s-local) and compose-stack (Celery workers) suites are opt-in inside pytest,
 # on here unless QUICK=1.
 FULL := $(if $(QUICK),0,1)
 test: bootstrap lint
@@ -52,10 +54,10 @@ lock:
 # beside `make up` on other ports. docs/scale-out.md.
 .PHONY: up-distributed down-distributed
 up-distributed: bootstrap
-	@$(PY) -m modelship.distributed up
+	@$(PY) -m devstack distributed up
 
 down-distributed:
-	@if [ -x $(PY) ]; then $(PY) -m modelship.distributed down; fi
+	@if [ -x $(PY) ]; then $(PY) -m devstack distributed down; fi
 
 # Benchmarks (bench/): each prints its baseline, result and ratio; together they write bench/RESULTS.md.
 # Long (about 1.5 h on 2 cores); `make bench BENCH_ARGS="--only parse serving"` runs some of them.

@@ -103,7 +103,7 @@ class PlainScript:
             self._run("cp", "-al", str(src / "app"), str(context))
             self._run("cp", "-al", str(wheels), str(context / "wheels"))
             self._run("cp", "-r", str(model), str(context / "model"))
-            args = {"BASE_IMAGE": common.localstack.BASE_IMAGE, "GIT_COMMIT": commit, "MODEL_NAME": "digits",
+            args = {"BASE_IMAGE": common.rootfs.BASE_IMAGE, "GIT_COMMIT": commit, "MODEL_NAME": "digits",
                     "MODEL_VERSION": model_version, "MODEL_SHA256": manifest_sha256, "APP_VERSION": commit[:12],
                     "SOURCE_URL": str(self.source.path),
                     "BUILD_DATE": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
@@ -114,7 +114,7 @@ class PlainScript:
         steps["build"] = t["s"]
 
         with common.stopwatch() as t:
-            port = common.localstack.free_port()
+            port = common.net.free_port()
             name = f"plain-smoke-{self.runs}"
             self._run("docker", "run", "-d", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",
                       "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "-e", f"APP_BIND=127.0.0.1:{port}",

@@ -105,7 +105,7 @@ def main(runs: int) -> common.Report:
         for container in api.containers(all=True, filters={"label": "io.modelship.role"}):
             api.remove_container(container["Id"], force=True)
 
-        manual_port = common.localstack.free_port()
+        manual_port = common.net.free_port()
         current = manual_start(api, built[0]["image_id"], manual_port)
         common.wait_http(manual_port)
         manual_rows: list[dict[str, Any]] = []

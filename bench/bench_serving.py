@@ -206,7 +206,7 @@ class App:
 
     def __init__(self, api: Any, image: str, config: tuple[int, int, int], extra_env: dict[str, str]) -> None:
         self.api, self.config = api, config
-        self.port = common.localstack.free_port()
+        self.port = common.net.free_port()
         self.container = start_app(api, image, self.port, config, extra_env)
 
     def warm_up(self, script: Path) -> None:

@@ -1,6 +1,6 @@
 """What every benchmark shares: the real components, the environment, timing, and the results file.
 
-The components are the ones `make up` and the test harness start (modelship.localstack): a private
+The components are the ones `make up` and the test harness start (devstack.components): a private
 Docker engine (no bridge, host network), the Distribution registry with htpasswd auth, and Azurite, each
 on a free loopback port in a private folder under ``.state/bench/`` that is removed afterwards. Airflow
 runs in-process with ``dag.test()`` against a private SQLite home, or as real components (scheduler,
@@ -31,14 +31,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-# Imported before any MODELSHIP_CACHE is set: localstack resolves the shared cache (Azurite's npm
+import devstack
+
+# Imported before any MODELSHIP_CACHE is set: devstack resolves the shared cache (Azurite's npm
 # install, the base rootfs) at import time, and the benchmarks must keep using that one.
-from modelship import localstack, stack
+from devstack import components, process, rootfs, stack
+from modelship import net
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("MODELSHIP_BENCH_STATE", REPO / ".state" / "bench"))
 RESULTS_DIR = STATE / "results"
-SHARED_CACHE = localstack.CACHE_DIR
+SHARED_CACHE = devstack.CACHE_DIR
 MODEL_NAME = "digits"
 REPOSITORY = "modelship/digits-app"
 
@@ -250,9 +253,9 @@ class BenchStack:
         if self.root.exists():
             shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
-        self.docker = localstack.DockerEngine(self.root / "docker")
-        self.registry = localstack.Registry(self.root / "registry", port=localstack.free_port())
-        self.azurite = localstack.Azurite(self.root / "azurite", port=localstack.free_port())
+        self.docker = components.DockerEngine(self.root / "docker")
+        self.registry = components.Registry(self.root / "registry", port=net.free_port())
+        self.azurite = components.Azurite(self.root / "azurite", port=net.free_port())
         self.cache = private_cache(self.root)
 
     def __enter__(self) -> BenchStack:
@@ -282,9 +285,9 @@ class BenchStack:
             "MODELSHIP_STATE": str(self.root / "modelship"),
             "MODELSHIP_CACHE": str(self.cache),
             "MODELSHIP_MODEL_STORE": f"wasb:{container}",
-            "MODELSHIP_BASE_IMAGE": localstack.BASE_IMAGE,
+            "MODELSHIP_BASE_IMAGE": rootfs.BASE_IMAGE,
             "MODELSHIP_DOCKER_HOST": self.docker.url,
-            "MODELSHIP_DOCKER_DEPLOY_PORT": str(localstack.free_port()),
+            "MODELSHIP_DOCKER_DEPLOY_PORT": str(net.free_port()),
             **stack.connections(self.registry, self.azurite),
         }
 
@@ -376,7 +379,7 @@ class AirflowServer:
 
     def __init__(self, home: Path, env: dict[str, str]) -> None:
         self.home = home
-        self.port = localstack.free_port()
+        self.port = net.free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         venv_bin = Path(sys.executable).parent
         self.airflow = str(venv_bin / "airflow")
@@ -387,7 +390,7 @@ class AirflowServer:
             "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",
             **stack.airflow_settings(home, self.port),
         }
-        self.procs = [localstack.Process(f"airflow-{name}", home) for name, _ in self.COMPONENTS]
+        self.procs = [process.Process(f"airflow-{name}", home) for name, _ in self.COMPONENTS]
         self._token = ""
         self.slow_polls = 0  # status polls the api-server did not answer in time (shown in the results)
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -399,7 +402,7 @@ class AirflowServer:
         try:
             for proc, (_, args) in zip(self.procs, self.COMPONENTS, strict=True):
                 proc.spawn([self.airflow, *args], env=self.env, cwd=REPO)
-            localstack.wait_for(self._healthy, "Airflow API server", timeout=240, log=self.procs[-1].log_file)
+            net.wait_for(self._healthy, "Airflow API server", timeout=240, log=self.procs[-1].log_file)
         except BaseException:
             self.stop()
             raise
@@ -456,7 +459,7 @@ class AirflowServer:
             except OSError:
                 return False
 
-        localstack.wait_for(parsed, f"DAG {dag_id} parsed by the dag-processor", timeout=timeout,
+        net.wait_for(parsed, f"DAG {dag_id} parsed by the dag-processor", timeout=timeout,
                             log=self.procs[1].log_file)  # fmt: skip
         self._retry(lambda: self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False}))
 
@@ -642,7 +645,7 @@ def build_and_push(
     lineage = images.Lineage(commit=full, model_name=manifest["name"], model_version=manifest["version"],
                              model_sha256=manifest_sha256(model_dir), source=str(source.path))  # fmt: skip
     api = stack.docker_api()
-    built = images.build_image(api, context, f"{REPOSITORY}:{tag}", lineage.build_args(localstack.BASE_IMAGE))
+    built = images.build_image(api, context, f"{REPOSITORY}:{tag}", lineage.build_args(rootfs.BASE_IMAGE))
     out = {"image_id": built.id, "commit": full, "model_version": manifest["version"], "tag": tag}
     if push:
         out["digest"] = images.push_image(api, built.id, REPOSITORY, tag, registry_conn="modelship_registry")
@@ -670,7 +673,7 @@ def wait_http(port: int, path: str = "/readyz", timeout: float = 60) -> None:
         except OSError:
             return False
 
-    localstack.wait_for(ok, f"127.0.0.1:{port}{path}", timeout=timeout)
+    net.wait_for(ok, f"127.0.0.1:{port}{path}", timeout=timeout)
 
 
 # --------------------------------------------------------------------------------------------- load

@@ -1,6 +1,6 @@
 """The test harness: real components on loopback, started once per session and always stopped.
 
-Each fixture starts the same component `make up` starts (modelship.localstack), on a free port and in a
+Each fixture starts the same component `make up` starts (devstack.components), on a free port and in a
 private state folder, so tests never touch a developer's running stack. A component that cannot run here
 makes its tests fail loudly rather than skip quietly: in CI everything the suite needs is installed.
 """
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from modelship import localstack
+from devstack import components
+from modelship import net
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,9 +26,9 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def azurite(stack_dir: Path) -> Iterator[localstack.Azurite]:
+def azurite(stack_dir: Path) -> Iterator[components.Azurite]:
     """Real Azurite; tests may stop() and start() it again (its data survives)."""
-    server = localstack.Azurite(stack_dir / "azurite", port=localstack.free_port())
+    server = components.Azurite(stack_dir / "azurite", port=net.free_port())
     server.start()
     try:
         yield server
@@ -36,9 +37,9 @@ def azurite(stack_dir: Path) -> Iterator[localstack.Azurite]:
 
 
 @pytest.fixture(scope="session")
-def registry(stack_dir: Path) -> Iterator[localstack.Registry]:
+def registry(stack_dir: Path) -> Iterator[components.Registry]:
     """Real Distribution registry with htpasswd auth (random password)."""
-    server = localstack.Registry(stack_dir / "registry", port=localstack.free_port())
+    server = components.Registry(stack_dir / "registry", port=net.free_port())
     server.start()
     try:
         yield server
@@ -47,9 +48,9 @@ def registry(stack_dir: Path) -> Iterator[localstack.Registry]:
 
 
 @pytest.fixture(scope="session")
-def docker_engine(stack_dir: Path) -> Iterator[localstack.DockerEngine]:
+def docker_engine(stack_dir: Path) -> Iterator[components.DockerEngine]:
     """A private dockerd (no bridge, host network only) with the local base image imported."""
-    engine = localstack.DockerEngine(stack_dir / "docker")
+    engine = components.DockerEngine(stack_dir / "docker")
     engine.start()
     try:
         engine.ensure_base_image()
@@ -59,7 +60,7 @@ def docker_engine(stack_dir: Path) -> Iterator[localstack.DockerEngine]:
 
 
 @pytest.fixture(scope="session")
-def docker_client(docker_engine: localstack.DockerEngine):
+def docker_client(docker_engine: components.DockerEngine):
     import docker
 
     client = docker.DockerClient(base_url=docker_engine.url, timeout=300)

@@ -5,6 +5,8 @@
     modelship model promote NAME VERSION [--alias production] [--expect VERSION|none]
     modelship model fetch NAME VERSION_OR_ALIAS DEST
     modelship model show NAME VERSION_OR_ALIAS
+    modelship status [--target T]
+    modelship connections check
 
 Every command takes --json (machine-readable output on stdout). Errors go to stderr as one line and exit
 with status 1; MODELSHIP_DEBUG=1 shows the traceback instead. The store and its credentials come from the
@@ -158,8 +160,34 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_show)
 
 
+# --- connections ----------------------------------------------------------------------------------------
+
+
+def _check_connections(args: argparse.Namespace) -> tuple[Any, str]:
+    """The connections the DAGs use resolve (from Airflow's secrets backends: AIRFLOW_CONN_*, the DB, a vault);
+    each is named with its type and host, never a secret."""
+    from airflow.sdk import BaseHook
+
+    from modelship.settings import Settings
+
+    settings = Settings.get()
+    found = {}
+    for conn_id in (settings.wasb_conn_id, settings.registry_conn_id):
+        conn = BaseHook.get_connection(conn_id)
+        found[conn_id] = {"type": conn.conn_type, "host": conn.host or "(in extra)"}
+    lines = [f"connection {conn_id}: type {c['type']}, host {c['host']}" for conn_id, c in found.items()]
+    return found, "\n".join(lines)
+
+
+def _add_connections_commands(sub: argparse._SubParsersAction) -> None:
+    connections = sub.add_parser("connections", help="check the Airflow connections the DAGs use")
+    cmds = connections.add_subparsers(dest="connections_command", metavar="COMMAND", required=True)
+    p = cmds.add_parser("check", parents=[COMMON], help="the model store's and registry's connections resolve")
+    p.set_defaults(handler=_check_connections)
+
+
 # Each function adds one top-level command group; append yours here.
-COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [_add_model_commands]
+COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [_add_model_commands, _add_connections_commands]
 COMMAND_GROUPS.append(__import__("modelship.deploy.status", fromlist=["register"]).register)
 
 

@@ -32,7 +32,7 @@ import docker
 import requests
 
 from modelpkg.manifest import verify_package
-from modelship.localstack import free_port
+from modelship.net import free_port
 from modelship.registry import (
     LABEL_CREATED,
     LABEL_MODEL_NAME,

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from devstack import components
 from modelpkg.manifest import manifest_sha256, read_manifest, write_manifest
-from modelship import localstack
 from modelship.model_store import BlobModelStore, LocalModelStore, ModelStore
 from modelship.validation import GateFailed, run_promote, run_validate, validate_model
 
@@ -115,7 +115,7 @@ def test_task_bodies_fail_without_retry_on_verdicts(local_store: ModelStore, tra
 
 @pytest.fixture
 def blob_store(
-    azurite: localstack.Azurite, airflow_db: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    azurite: components.Azurite, airflow_db: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> ModelStore:
     """Point the DAG (through Settings and the modelship_blob connection) at a fresh Azurite container."""
     container = f"refresh-{uuid.uuid4().hex[:12]}"

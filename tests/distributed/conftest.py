@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import requests
 
-from modelship import distributed
+from devstack import compose as distributed
 
 REPO = Path(__file__).resolve().parents[2]
 ENABLED = os.environ.get("MODELSHIP_DISTRIBUTED") == "1"

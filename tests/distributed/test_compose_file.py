@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from modelship import distributed
+from devstack import compose as distributed
+from devstack import images as devimages
 from tests.distributed.conftest import ENABLED, REPO
 
 BRIDGE_FILE = REPO / "docker-compose.bridge.yml"
@@ -146,7 +147,7 @@ def test_every_variable_the_files_use_is_generated_or_has_a_default(generated: d
 
 def test_the_compose_files_default_images_are_the_ones_make_up_distributed_builds() -> None:
     text = distributed.COMPOSE_FILE.read_text()
-    for spec in distributed.IMAGES:
+    for spec in devimages.IMAGES:
         assert f"${{{spec.env}:-{spec.name}}}" in text, spec
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from modelship import distributed
+from devstack import compose as distributed
 from tests.distributed.conftest import AirflowAPI, git
 
 pytestmark = pytest.mark.needs_stack

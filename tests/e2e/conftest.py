@@ -15,28 +15,30 @@ from typing import Any
 
 import pytest
 
-from modelship import localstack
+import devstack
+from devstack import components, rootfs
+from modelship import net
 from tests.e2e.pipeline import REPO, git, run_dag
 
 
 @pytest.fixture(scope="session")
 def pipeline_env(
     tmp_path_factory: pytest.TempPathFactory,
-    azurite: localstack.Azurite,
-    registry: localstack.Registry,
-    docker_engine: localstack.DockerEngine,
+    azurite: components.Azurite,
+    registry: components.Registry,
+    docker_engine: components.DockerEngine,
     airflow_db: Path,
 ) -> Iterator[dict[str, str]]:
     """Settings and connections for the DAGs, pointing at the session's real components."""
     state = tmp_path_factory.mktemp("modelship-state")
     env = {
         "MODELSHIP_STATE": str(state),
-        "MODELSHIP_CACHE": str(localstack.CACHE_DIR),  # wheelhouse and test venv shared with tests/plugins
+        "MODELSHIP_CACHE": str(devstack.CACHE_DIR),  # wheelhouse and test venv shared with tests/plugins
         "MODELSHIP_MODEL_STORE": "wasb:e2e-models",
-        "MODELSHIP_BASE_IMAGE": localstack.BASE_IMAGE,
+        "MODELSHIP_BASE_IMAGE": rootfs.BASE_IMAGE,
         "MODELSHIP_DOCKER_HOST": docker_engine.url,
         "MODELSHIP_SOURCE_REPO": str(REPO),
-        "MODELSHIP_DOCKER_DEPLOY_PORT": str(localstack.free_port()),
+        "MODELSHIP_DOCKER_DEPLOY_PORT": str(net.free_port()),
         "AIRFLOW_CONN_MODELSHIP_BLOB": json.dumps(
             {"conn_type": "wasb", "extra": {"connection_string": azurite.connection_string}}
         ),

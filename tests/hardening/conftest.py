@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from modelship import localstack
+from devstack import components
 from tests.e2e.pipeline import REPO
 
 
@@ -43,7 +43,7 @@ def dag_env(airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, h
 
 
 @pytest.fixture
-def registry_conn(registry: localstack.Registry, monkeypatch: pytest.MonkeyPatch) -> str:
+def registry_conn(registry: components.Registry, monkeypatch: pytest.MonkeyPatch) -> str:
     conn = {"conn_type": "docker", "host": registry.address, "login": registry.username, "password": registry.password}
     monkeypatch.setenv("AIRFLOW_CONN_MODELSHIP_REGISTRY", json.dumps(conn))
     return registry.address

@@ -13,8 +13,9 @@ from typing import Any
 
 import requests
 
-from modelship import localstack
-from modelship.stack import AIRFLOW_COMPONENTS
+from devstack import process
+from devstack.stack import AIRFLOW_COMPONENTS
+from modelship import net
 
 
 def try_numbers(dag_run) -> dict[str, int]:
@@ -89,7 +90,7 @@ class AirflowStack:
     def __init__(self, root: Path, dags: list[Path], env: dict[str, str]) -> None:
         self.home = root / "airflow"
         self.dags = root / "dags"
-        self.port = localstack.free_port()
+        self.port = net.free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.dags.mkdir(parents=True, exist_ok=True)
         for dag in dags:
@@ -114,7 +115,7 @@ class AirflowStack:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             **env,
         }
-        self.procs = [localstack.Process(f"airflow-{name}", self.home) for name, _ in AIRFLOW_COMPONENTS]
+        self.procs = [process.Process(f"airflow-{name}", self.home) for name, _ in AIRFLOW_COMPONENTS]
         self.args = dict(AIRFLOW_COMPONENTS)
 
     def start(self, dag_ids: list[str], timeout: float = 300) -> None:
@@ -127,7 +128,7 @@ class AirflowStack:
             if name != "triggerer":
                 proc.spawn([airflow, *self.args[name]], env=self.env, cwd=self.home)
         api = self.procs[-1]
-        localstack.wait_for(self.healthy, f"Airflow API server on {self.base}", timeout=timeout, log=api.log_file)
+        net.wait_for(self.healthy, f"Airflow API server on {self.base}", timeout=timeout, log=api.log_file)
         client = self.client()
         deadline = time.monotonic() + timeout
         while not all(client.session.get(f"{self.base}/api/v2/dags/{d}", timeout=10).ok for d in dag_ids):

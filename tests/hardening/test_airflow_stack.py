@@ -26,8 +26,10 @@ from pathlib import Path
 import pytest
 import requests
 
+import devstack
+from devstack import components, rootfs
 from modelpkg.manifest import manifest_sha256
-from modelship import images, localstack
+from modelship import images, net
 from modelship.registry import LABEL_MODEL_SHA256, LABEL_MODEL_VERSION, LABEL_REVISION, RegistryClient
 from tests.e2e.pipeline import REPO
 from tests.hardening.support import AirflowClient, AirflowStack, image_leaks, leaks, quick_commits
@@ -78,15 +80,15 @@ class World:
     standin_digest: str
     model_sha256: str
     deploy_port: int
-    registry: localstack.Registry
+    registry: components.Registry
 
 
 @pytest.fixture(scope="module")
 def world(
     tmp_path_factory: pytest.TempPathFactory,
-    registry: localstack.Registry,
-    azurite: localstack.Azurite,
-    docker_engine: localstack.DockerEngine,
+    registry: components.Registry,
+    azurite: components.Azurite,
+    docker_engine: components.DockerEngine,
     docker_client,
     hardening_model: Path,
 ) -> Iterator[World]:
@@ -113,13 +115,13 @@ def world(
         standin = build_standin(docker_client, "modelship-hardening/standin:release", "hardening-release")
         digest = images.push_image(docker_client, standin.id, REPOSITORY, "standin-release",
                                    registry_conn="modelship_registry")  # fmt: skip
-    deploy_port = localstack.free_port()
+    deploy_port = net.free_port()
     env = {
         **connections,
         "MODELSHIP_STATE": str(root / "state"),
-        "MODELSHIP_CACHE": str(localstack.CACHE_DIR),  # wheelhouse and app test venv, shared with e2e
+        "MODELSHIP_CACHE": str(devstack.CACHE_DIR),  # wheelhouse and app test venv, shared with e2e
         "MODELSHIP_MODEL_STORE": f"wasb:{container}",
-        "MODELSHIP_BASE_IMAGE": localstack.BASE_IMAGE,
+        "MODELSHIP_BASE_IMAGE": rootfs.BASE_IMAGE,
         "MODELSHIP_DOCKER_HOST": docker_engine.url,
         "DOCKER_HOST": docker_engine.url,
         "MODELSHIP_SOURCE_REPO": str(root / "src"),
@@ -142,11 +144,11 @@ def client(world: World) -> AirflowClient:
     return world.stack.client()
 
 
-def credentials(registry: localstack.Registry) -> dict[str, bytes]:
+def credentials(registry: components.Registry) -> dict[str, bytes]:
     return {
         "registry password": registry.password.encode(),
         "registry auth (base64 user:password)": base64.b64encode(f"{registry.username}:{registry.password}".encode()),
-        "storage account key": localstack.AZURITE_KEY.encode(),
+        "storage account key": components.AZURITE_KEY.encode(),
     }
 
 

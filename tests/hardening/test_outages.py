@@ -24,7 +24,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from modelship import images, localstack
+import devstack
+from devstack import components, rootfs
+from modelship import images, net
 from modelship.registry import RegistryClient
 from tests.e2e.pipeline import REPO, task_states
 from tests.hardening.support import quick_commits, try_numbers
@@ -34,7 +36,7 @@ from tests.plugins.deploy_fixtures import build_standin
 REPOSITORY = "modelship/digits-app"
 
 
-def restart_engine(engine: localstack.DockerEngine, client: docker.DockerClient) -> None:
+def restart_engine(engine: components.DockerEngine, client: docker.DockerClient) -> None:
     engine.start()
     # Pooled connections to the old socket are dead: the first calls may fail until the pool renews them.
     deadline = time.monotonic() + 30
@@ -62,7 +64,7 @@ def quick_source(tmp_path: Path) -> tuple[Path, str]:
 @pytest.mark.docker
 @pytest.mark.registry
 def test_ci_push_with_the_registry_down_retries_then_fails_and_pushes_nothing(
-    dag_env, registry_conn, registry: localstack.Registry, docker_engine: localstack.DockerEngine,
+    dag_env, registry_conn, registry: components.Registry, docker_engine: components.DockerEngine,
     quick_source, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     from airflow.dag_processing.dagbag import DagBag
@@ -71,8 +73,8 @@ def test_ci_push_with_the_registry_down_retries_then_fails_and_pushes_nothing(
 
     clone, commit = quick_source
     monkeypatch.setenv("MODELSHIP_SOURCE_REPO", str(clone))
-    monkeypatch.setenv("MODELSHIP_CACHE", str(localstack.CACHE_DIR))  # wheelhouse and test venv, as in e2e
-    monkeypatch.setenv("MODELSHIP_BASE_IMAGE", localstack.BASE_IMAGE)
+    monkeypatch.setenv("MODELSHIP_CACHE", str(devstack.CACHE_DIR))  # wheelhouse and test venv, as in e2e
+    monkeypatch.setenv("MODELSHIP_BASE_IMAGE", rootfs.BASE_IMAGE)
     monkeypatch.setenv("MODELSHIP_DOCKER_HOST", docker_engine.url)
 
     real_push = ci_steps.push
@@ -128,7 +130,7 @@ RUN sh -c 'trap "exit 143" TERM; echo building; sleep "$PAUSE" & wait'
 
 @pytest.mark.docker
 def test_engine_stopped_mid_build_is_a_retryable_error_and_leaves_no_image(
-    docker_engine: localstack.DockerEngine, docker_client, tmp_path: Path
+    docker_engine: components.DockerEngine, docker_client, tmp_path: Path
 ) -> None:
     context = tmp_path / "context"
     context.mkdir()
@@ -138,7 +140,7 @@ def test_engine_stopped_mid_build_is_a_retryable_error_and_leaves_no_image(
 
     def build() -> None:
         try:
-            images.build_image(docker_client.api, context, tag, {"BASE_IMAGE": localstack.BASE_IMAGE, "PAUSE": "120"})
+            images.build_image(docker_client.api, context, tag, {"BASE_IMAGE": rootfs.BASE_IMAGE, "PAUSE": "120"})
         except BaseException as exc:  # noqa: BLE001 (reported below)
             outcome["error"] = exc
 
@@ -146,7 +148,7 @@ def test_engine_stopped_mid_build_is_a_retryable_error_and_leaves_no_image(
     worker.start()
     try:
         deadline = time.monotonic() + 60
-        while not docker_client.containers.list(filters={"ancestor": localstack.BASE_IMAGE}):
+        while not docker_client.containers.list(filters={"ancestor": rootfs.BASE_IMAGE}):
             assert time.monotonic() < deadline and worker.is_alive(), outcome
             time.sleep(0.2)
         docker_engine.stop()
@@ -163,7 +165,7 @@ def test_engine_stopped_mid_build_is_a_retryable_error_and_leaves_no_image(
     with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(tag)
     # The engine is back: the retried build goes through.
-    built = images.build_image(docker_client.api, context, tag, {"BASE_IMAGE": localstack.BASE_IMAGE, "PAUSE": "0"})
+    built = images.build_image(docker_client.api, context, tag, {"BASE_IMAGE": rootfs.BASE_IMAGE, "PAUSE": "0"})
     assert docker_client.images.get(tag).id == built.id
     docker_client.images.remove(tag, force=True)
 
@@ -189,14 +191,14 @@ def wait_serving(port: int, timeout: float = 60) -> str:
 
 @pytest.mark.docker
 def test_engine_down_during_a_release_fails_retryably_and_the_old_version_comes_back(
-    docker_engine: localstack.DockerEngine, docker_client, capfd: pytest.CaptureFixture[str]
+    docker_engine: components.DockerEngine, docker_client, capfd: pytest.CaptureFixture[str]
 ) -> None:
     from airflow.sdk.exceptions import AirflowException
 
     from modelship.deploy import DeploymentFailed
     from modelship.deploy.docker import DockerTarget
 
-    port = localstack.free_port()
+    port = net.free_port()
     v1 = build_standin(docker_client, "modelship-hardening/standin:v1", "hardening-v1")
     v2 = build_standin(docker_client, "modelship-hardening/standin:v2", "hardening-v2")
     try:

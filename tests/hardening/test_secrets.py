@@ -8,7 +8,7 @@ so a clean result means something.
 
 Task logs (Airflow's masking) are scanned in test_airflow_stack.py, where a real scheduler writes them.
 The registry refusing anonymous pushes is tests/plugins/test_registry.py::test_anonymous_access_is_refused
-and tests/harness/test_localstack.py::test_registry_refuses_anonymous_access.
+and tests/devstack/test_components.py::test_registry_refuses_anonymous_access.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+import devstack
+from devstack import components, rootfs
 from modelpkg.manifest import manifest_sha256
-from modelship import images, localstack
+from modelship import images, net
 from tests.e2e.pipeline import REPO
 from tests.hardening.support import image_leaks, leaks
 
@@ -35,18 +37,18 @@ COMMIT = "5" * 40
 
 
 @pytest.fixture(scope="module")
-def secrets(registry: localstack.Registry) -> dict[str, bytes]:
+def secrets(registry: components.Registry) -> dict[str, bytes]:
     auth = base64.b64encode(f"{registry.username}:{registry.password}".encode())
     return {
         "registry password": registry.password.encode(),
         "registry auth (base64 user:password)": auth,
-        "Azurite account key": localstack.AZURITE_KEY.encode(),
+        "Azurite account key": components.AZURITE_KEY.encode(),
         "kube token": KUBE_TOKEN.encode(),
     }
 
 
 @pytest.fixture(scope="module")
-def connections(registry: localstack.Registry, azurite: localstack.Azurite) -> Iterator[None]:
+def connections(registry: components.Registry, azurite: components.Azurite) -> Iterator[None]:
     """The connections a ci/release worker has: registry, blob store, cluster."""
     kubeconfig = {
         "apiVersion": "v1",
@@ -77,7 +79,7 @@ def test_the_scan_finds_a_credential_that_was_baked_into_an_image(docker_client,
     context.mkdir()
     (context / "Dockerfile").write_text('ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nARG TOKEN\nRUN echo "$TOKEN" > /leak\n')
     password = secrets["registry password"].decode()
-    args = {"BASE_IMAGE": localstack.BASE_IMAGE, "TOKEN": password}
+    args = {"BASE_IMAGE": rootfs.BASE_IMAGE, "TOKEN": password}
     built = images.build_image(docker_client, context, "modelship-hardening/leaky:latest", args)
     try:
         found = image_leaks(docker_client, built.id, secrets)
@@ -91,12 +93,12 @@ def test_the_scan_finds_a_credential_that_was_baked_into_an_image(docker_client,
 def app_image(docker_client, docker_engine, connections, hardening_model: Path, tmp_path_factory):
     """The real app image, built the way ci's build step builds it: a DockerHook logged into the registry
     with the connection's credentials, the lineage as build args."""
-    wheels = images.wheelhouse(REPO / "app" / "requirements.txt", localstack.CACHE_DIR)  # shared with e2e
+    wheels = images.wheelhouse(REPO / "app" / "requirements.txt", devstack.CACHE_DIR)  # shared with e2e
     context = images.build_context(REPO / "app", hardening_model, wheels, tmp_path_factory.mktemp("app") / "ctx")
     lineage = images.Lineage(commit=COMMIT, model_name="digits", model_version="v1",
                              model_sha256=manifest_sha256(hardening_model), source=str(REPO))  # fmt: skip
     hook = images.docker_hook(REGISTRY_CONN, docker_engine.url)
-    args = lineage.build_args(localstack.BASE_IMAGE)
+    args = lineage.build_args(rootfs.BASE_IMAGE)
     built = images.build_image(hook, context, "modelship-hardening/app:secrets", args)
     return built, lineage
 
@@ -111,7 +113,7 @@ def test_the_deployed_app_container_has_no_privilege_at_all(docker_client, docke
     from modelship.deploy.docker import DockerTarget
 
     built, lineage = app_image
-    port = localstack.free_port()
+    port = net.free_port()
     target = DockerTarget(docker_host=docker_engine.url, port=port, ready_timeout=60)
     try:
         event = target.deploy(built.id, {"commit": lineage.commit, "model_version": "v1"})

@@ -134,9 +134,9 @@ def test_store_namespace() -> None:
 def test_model_refresh_run_emits_the_promoted_version_as_an_openlineage_dataset(
     airflow_db: Path, tmp_path: Path
 ) -> None:
+    from devstack.stack import openlineage_environment
     from modelpkg.manifest import manifest_sha256
     from modelship.model_store import LocalModelStore
-    from modelship.stack import openlineage_environment
     from training.train import train_package
 
     store_dir = tmp_path / "models"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from modelship import localstack
+from devstack import components
 from modelship.model_store import BlobModelStore, LocalModelStore, ModelStore, Retry
 
 BLOB_CONN_ID = "modelship_test_blob"
@@ -34,7 +34,7 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {key: root / key for key in specs}
 
 
-def blob_connection(azurite: localstack.Azurite) -> str:
+def blob_connection(azurite: components.Azurite) -> str:
     """AIRFLOW_CONN_<ID> value for the harness Azurite (conn type wasb, connection string in extra)."""
     return json.dumps({"conn_type": "wasb", "extra": {"connection_string": azurite.connection_string}})
 
@@ -44,7 +44,7 @@ def new_container() -> str:
 
 
 @pytest.fixture
-def blob_env(azurite: localstack.Azurite, monkeypatch: pytest.MonkeyPatch) -> str:
+def blob_env(azurite: components.Azurite, monkeypatch: pytest.MonkeyPatch) -> str:
     """Point the Airflow connection BLOB_CONN_ID at the harness Azurite; return the conn id."""
     monkeypatch.setenv(f"AIRFLOW_CONN_{BLOB_CONN_ID.upper()}", blob_connection(azurite))
     return BLOB_CONN_ID

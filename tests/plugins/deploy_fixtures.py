@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from modelship import localstack
+from devstack import rootfs
 
 STANDIN_APP = r"""
 import json, os, signal, sys
@@ -71,7 +71,7 @@ def build_standin(docker_client, tag: str, key: str, *, broken: str = "", report
     model_version = f"m-{key}"
     model_sha256 = hashlib.sha256(key.encode()).hexdigest()
     dockerfile = f"""\
-FROM {localstack.BASE_IMAGE}
+FROM {rootfs.BASE_IMAGE}
 COPY app.py /srv/app.py
 ENV COMMIT={reports_commit or commit} MODEL_NAME=digits MODEL_VERSION={model_version} \\
     MODEL_SHA256={model_sha256} BROKEN="{broken}" PYTHONDONTWRITEBYTECODE=1

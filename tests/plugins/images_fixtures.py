@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from modelship import images, localstack
+import devstack
+from devstack import components, rootfs
+from modelship import images
 
-BASE_IMAGE = localstack.BASE_IMAGE
+BASE_IMAGE = rootfs.BASE_IMAGE
 
 # A Dockerfile that honours the lineage contract of app/Dockerfile in miniature: build args → OCI labels.
 TINY_DOCKERFILE = """\
@@ -69,7 +71,7 @@ def tiny_lineage() -> images.Lineage:
 
 
 @pytest.fixture(scope="session")
-def reg_conn(registry: localstack.Registry) -> Iterator[str]:
+def reg_conn(registry: components.Registry) -> Iterator[str]:
     """A docker-type connection holding the harness registry's real credentials."""
     host, port = registry.address.split(":")
     with _connection(
@@ -83,7 +85,7 @@ def reg_conn(registry: localstack.Registry) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def reg_conn_bad(registry: localstack.Registry) -> Iterator[str]:
+def reg_conn_bad(registry: components.Registry) -> Iterator[str]:
     """The harness registry's address and user, with a wrong password."""
     with _connection(
         "modelship_test_registry_bad",
@@ -95,7 +97,7 @@ def reg_conn_bad(registry: localstack.Registry) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def reg_conn_anon(registry: localstack.Registry) -> Iterator[str]:
+def reg_conn_anon(registry: components.Registry) -> Iterator[str]:
     """The harness registry's address and no credentials at all."""
     with _connection("modelship_test_registry_anon", host=registry.address) as conn_id:
         yield conn_id
@@ -128,5 +130,5 @@ def smoke_leftovers(docker_client) -> Callable[[], list]:
 
 @pytest.fixture(scope="session")
 def wheel_cache() -> Path:
-    """Where tests keep the wheelhouse between sessions (the per-machine cache localstack uses too)."""
-    return Path(os.environ.get("MODELSHIP_TEST_CACHE", localstack.CACHE_DIR))
+    """Where tests keep the wheelhouse between sessions (the per-machine cache devstack uses too)."""
+    return Path(os.environ.get("MODELSHIP_TEST_CACHE", devstack.CACHE_DIR))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack import components
 from modelpkg.manifest import manifest_sha256, verify_package
-from modelship import localstack
 
 REPO = Path(__file__).resolve().parents[2]
 MODELSHIP = REPO / ".venv" / "bin" / "modelship"
@@ -91,7 +91,7 @@ def test_errors_are_one_line_on_stderr_with_exit_status_1(
 
 @pytest.mark.azurite
 def test_publish_promote_fetch_against_azurite_through_an_airflow_connection(
-    azurite: localstack.Azurite, packages: dict[str, Path], tmp_path: Path
+    azurite: components.Azurite, packages: dict[str, Path], tmp_path: Path
 ) -> None:
     env = {
         "AIRFLOW_CONN_MODELSHIP_BLOB": json.dumps(

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from modelship import localstack
+from devstack import components
+from modelship import net
 from modelship.deploy import DeploymentFailed
 from modelship.deploy.docker import DockerTarget
 
@@ -32,11 +33,11 @@ def modelship_containers(docker_client, role: str | None = None) -> list:
 
 @pytest.fixture(scope="module")
 def port() -> int:
-    return localstack.free_port()
+    return net.free_port()
 
 
 @pytest.fixture(scope="module")
-def target(docker_engine: localstack.DockerEngine, port: int) -> DockerTarget:
+def target(docker_engine: components.DockerEngine, port: int) -> DockerTarget:
     return DockerTarget(docker_host=docker_engine.url, port=port, ready_timeout=15)
 
 
@@ -102,7 +103,7 @@ def test_status_answers_from_the_engine(v2_serving, target: DockerTarget, docker
 
 
 def test_status_on_a_port_nothing_serves(docker_engine) -> None:
-    status = DockerTarget(docker_host=docker_engine.url, port=localstack.free_port()).status()
+    status = DockerTarget(docker_host=docker_engine.url, port=net.free_port()).status()
     assert status["serving"] is False and status["target"] == "docker"
 
 
@@ -199,7 +200,7 @@ def test_modelship_status_prints_what_serves(v2_serving, docker_engine, port: in
 def test_two_targets_on_one_engine_leave_each_other_alone(v2_serving, docker_engine, standin, port: int) -> None:
     _, v2, _, _ = v2_serving
     v1 = standin("v1")
-    other = DockerTarget(docker_host=docker_engine.url, port=localstack.free_port(), ready_timeout=15)
+    other = DockerTarget(docker_host=docker_engine.url, port=net.free_port(), ready_timeout=15)
     try:
         other.deploy(v1.tag, v1.lineage())
         assert serving(other.port)["commit"] == v1.commit

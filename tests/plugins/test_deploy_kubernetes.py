@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from modelship import localstack
+from devstack import components
+from modelship import net
 from modelship.deploy import DeploymentFailed
 from modelship.deploy.kubernetes import (
     ANN_COMMIT,
@@ -338,7 +339,7 @@ REGISTRY_CONN = "modelship_test_k8s_registry"
 
 
 @pytest.fixture(scope="module")
-def cluster_env(k8s_cluster, registry: localstack.Registry) -> Iterator[None]:
+def cluster_env(k8s_cluster, registry: components.Registry) -> Iterator[None]:
     """Airflow connections as a deployment defines them: kubeconfig content in the kubernetes conn's extra."""
     conns = {
         K8S_CONN: {"conn_type": "kubernetes", "extra": {"kube_config": k8s_cluster.kubeconfig.read_text()}},
@@ -356,7 +357,7 @@ def cluster_env(k8s_cluster, registry: localstack.Registry) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def push(standin, docker_client, registry: localstack.Registry):
+def push(standin, docker_client, registry: components.Registry):
     """push(key, **standin options) → (stand-in, repository@digest in the real registry)."""
     auth = {"username": registry.username, "password": registry.password}
     repository = f"{registry.address}/modelship-test/standin"
@@ -391,7 +392,7 @@ def namespace(cluster_env) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def overlay(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The local overlay on a free port (the cluster and its host network are shared with others)."""
-    port = localstack.free_port()
+    port = net.free_port()
     folder = tmp_path_factory.mktemp("overlay")
     base = os.path.relpath(REPO / "k8s" / "overlays" / "local", folder)  # kustomize refuses absolute paths
     (folder / "kustomization.yaml").write_text(f"""\

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from devstack import rootfs
 from modelpkg.manifest import manifest_sha256
-from modelship import images, localstack
+from modelship import images
 from modelship.registry import LABEL_MODEL_SHA256, LABEL_MODEL_VERSION, LABEL_REVISION, RegistryClient
 from tests.logcapture import log_messages
 
@@ -29,7 +30,7 @@ pytestmark = [pytest.mark.docker]
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "app"
-BASE_IMAGE = localstack.BASE_IMAGE
+BASE_IMAGE = rootfs.BASE_IMAGE
 COMMIT = "1111111111111111111111111111111111111111"
 # The build step that copies the model package into the image (classic builder: "COPY dir:<sum> in <dest>").
 MODEL_COPY = re.compile(r"COPY .* in \S*model")

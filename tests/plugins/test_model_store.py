@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack import components
 from modelpkg.manifest import manifest_sha256, verify_package
-from modelship import localstack
 from modelship.model_store import (
     ANY,
     BlobModelStore,
@@ -43,7 +43,7 @@ def new_container() -> str:
     return f"models-{uuid.uuid4().hex[:16]}"
 
 
-def overwrite_directly(store: ModelStore, key: str, data: bytes, azurite: localstack.Azurite | None) -> None:
+def overwrite_directly(store: ModelStore, key: str, data: bytes, azurite: components.Azurite | None) -> None:
     """Change stored bytes behind the store's back (what a bad actor or a broken disk would do)."""
     if isinstance(store, LocalModelStore):
         (store.root / key).write_bytes(data)
@@ -305,7 +305,7 @@ def test_promote_refuses_when_the_alias_is_not_where_the_caller_saw_it(
 
 @pytest.mark.azurite
 def test_fetch_rides_out_azurite_restarting(
-    azurite: localstack.Azurite,
+    azurite: components.Azurite,
     blob_env: str,
     packages: dict[str, Path],
     tmp_path: Path,
@@ -340,7 +340,7 @@ def test_fetch_rides_out_azurite_restarting(
 
 @pytest.mark.azurite
 def test_store_down_for_good_fails_clearly_and_leaves_nothing(
-    azurite: localstack.Azurite, blob_env: str, packages: dict[str, Path], tmp_path: Path
+    azurite: components.Azurite, blob_env: str, packages: dict[str, Path], tmp_path: Path
 ) -> None:
     store = BlobModelStore(new_container(), blob_env, retry_policy=Retry(attempts=3, base=0.1))
     store.publish(packages["v1"])

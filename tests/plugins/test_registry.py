@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from modelship import images, localstack
+from modelship import images, net
 from modelship.registry import (
     LABEL_MODEL_SHA256,
     LABEL_MODEL_VERSION,
@@ -119,7 +119,7 @@ def test_anonymous_access_is_refused(docker_client, tiny_image, reg_conn_anon, r
 
 
 def test_unreachable_registry_is_retried_with_backoff_then_reported(docker_client, tiny_image, airflow_conn):
-    dead = f"127.0.0.1:{localstack.free_port()}"  # nothing listens there
+    dead = f"127.0.0.1:{net.free_port()}"  # nothing listens there
     with log_messages("modelship", logging.WARNING) as messages, pytest.raises(RegistryError, match="after 3 attempts"):
         RegistryClient(dead, "user", "secret", attempts=3, backoff=0.05).tags(REPOSITORY)
     assert sum("retry" in m for m in messages) == 2

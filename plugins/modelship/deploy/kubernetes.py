@@ -620,6 +620,8 @@ class KubernetesTarget:
             "model_sha256": template.get(ANN_MODEL_SHA256),
             "since": meta.get(ANN_DEPLOYED_AT) or (created.isoformat() if created else None),
             "revision_created": created.isoformat() if created else None,
+            # On the host network (the local overlay) the app answers on the node's loopback at its port.
+            "port": _app_port(deployment) if deployment.spec.template.spec.host_network else None,
         }
 
     # -- the whole release step ------------------------------------------------------------------------

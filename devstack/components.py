@@ -3,9 +3,6 @@
 `make up` and the test harness start the same components through this one module, so what the tests
 prove is what users run. Each component keeps its pid file, log and data under one state folder and is
 stopped by killing its process group (its children must not outlive it).
-
-Expensive, reusable things (Azurite's npm install, the debootstrapped base image tarball) are cached
-under ``~/.cache/modelship`` so a fresh clone on a used machine does not pay for them twice.
 """
 
 from __future__ import annotations
@@ -15,118 +12,23 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CACHE_DIR = Path(os.environ.get("MODELSHIP_CACHE", Path.home() / ".cache" / "modelship"))
+from devstack import CACHE_DIR, StackError
+from devstack.process import Process, alive
+from devstack.rootfs import APP_BASE, BASE_IMAGE
+from modelpkg.atomic import write_atomic
+from modelship.net import port_open, wait_for
+
+__all__ = ["AZURITE_VERSION", "BASE_IMAGE", "Azurite", "DockerEngine", "Registry", "StackError"]
+
 AZURITE_VERSION = "3.37.0"
 # Azurite's well-known development account: public, documented by Microsoft, valid only on Azurite.
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-BASE_IMAGE = "local/python-base:bookworm"
-
-
-class StackError(RuntimeError):
-    """A local component could not be installed or started; the message says which and why."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
-def wait_for(check, what: str, timeout: float = 60.0, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    tail = ""
-    if log and log.exists():
-        tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-    raise StackError(f"{what} did not become ready within {timeout:.0f}s{tail}")
-
-
-@dataclass
-class Process:
-    """One background server: started in its own session, tracked by a pid file."""
-
-    name: str
-    state_dir: Path
-
-    @property
-    def pid_file(self) -> Path:
-        return self.state_dir / f"{self.name}.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self.state_dir / f"{self.name}.log"
-
-    def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-            os.kill(pid, 0)
-        except (OSError, ValueError):
-            return None
-        return pid
-
-    def spawn(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        # Owner-only: a component's output can hold what its tasks print. Airflow's LocalExecutor copies
-        # every task log line to the scheduler's stdout, and that copy is not masked like the task log.
-        fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.fchmod(fd, 0o600)  # also a log file left by an older version
-        with open(fd, "ab") as log:
-            proc = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=cwd,
-                env={**os.environ, **(env or {})},
-                start_new_session=True,  # own process group: stop() kills children too
-            )
-        self.pid_file.write_text(str(proc.pid))
-        return proc.pid
-
-    def stop(self, timeout: float = 20.0) -> None:
-        pid = self.pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.2)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-        self.pid_file.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); /proc tells the truth.
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    return False
 
 
 @dataclass
@@ -202,9 +104,7 @@ class Registry:
             # A random password per state folder, kept there: never a default secret in code.
             secret = self.state_dir / "registry.password"
             if not secret.exists():
-                self.state_dir.mkdir(parents=True, exist_ok=True)
-                secret.write_text(os.urandom(18).hex())
-                secret.chmod(0o600)
+                write_atomic(secret, os.urandom(18).hex(), mode=0o600)
             self.password = secret.read_text().strip()
 
     @property
@@ -233,12 +133,11 @@ class Registry:
         """The registry's user file: one bcrypt entry for username/password (what the registry checks)."""
         if not shutil.which("htpasswd"):
             raise StackError("htpasswd missing: run `make up` (apt: apache2-utils)")
+        # -i: the password from stdin, never on a command line (where `ps` would show it to every user).
         line = subprocess.run(
-            ["htpasswd", "-Bbn", self.username, self.password], check=True, capture_output=True, text=True
+            ["htpasswd", "-Bni", self.username], input=self.password, check=True, capture_output=True, text=True
         ).stdout.strip()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(line + "\n")
-        return path
+        return write_atomic(path, line + "\n", mode=0o600)
 
     def stop(self) -> None:
         self.proc.stop()
@@ -322,50 +221,21 @@ class DockerEngine:
                     os.kill(int(proc.name), signal.SIGKILL)
                     killed.append(int(proc.name))
         deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in killed) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in killed) and time.monotonic() < deadline:
             time.sleep(0.1)  # a dying containerd still holds its database lock
         # No dockerd of ours runs and its containerd is gone: the pid file can only mislead the next one.
         (self._exec_root() / "containerd" / "containerd.pid").unlink(missing_ok=True)
         unmount_under(self.state_dir / "docker-data")
 
-
-    def ensure_base_image(self, name: str = BASE_IMAGE) -> str:
-        """Import a debootstrapped Debian with python3 as the base image (no registry can be pulled from)."""
+    def client(self, timeout: int = 300):
         import docker
 
-        client = docker.DockerClient(base_url=self.url)
+        return docker.DockerClient(base_url=self.url, timeout=timeout)
+
+    def ensure_base_image(self) -> str:
+        """Import a debootstrapped Debian with python3 as the base image (no registry can be pulled from)."""
+        client = self.client()
         try:
-            client.images.get(name)
-            return name
-        except docker.errors.ImageNotFound:
-            pass
-        tarball = build_base_rootfs()
-        repository, tag = name.split(":")
-        client.api.import_image_from_file(str(tarball), repository=repository, tag=tag)
-        client.images.get(name)
-        return name
-
-
-def build_base_rootfs() -> Path:
-    """A minimal Debian bookworm root filesystem with python3 + venv, cached once per machine."""
-    out = CACHE_DIR / "base" / "rootfs.tar"
-    if out.exists():
-        return out
-    if not shutil.which("mmdebstrap"):
-        raise StackError("mmdebstrap is not installed: run `make up` (apt: mmdebstrap)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tar.tmp")
-    subprocess.run(
-        [
-            "mmdebstrap",
-            "--format=tar",
-            "--variant=minbase",
-            "--include=python3,python3-venv,ca-certificates",
-            "bookworm",
-            str(tmp),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    tmp.rename(out)
-    return out
+            return APP_BASE.ensure_image(client)
+        finally:
+            client.close()

@@ -1,8 +1,8 @@
 """`make up` / `make down`: the whole product on embedded defaults, on one machine, loopback only.
 
-    python -m modelship.stack up      # Docker engine, registry, Azurite, base image, Airflow standalone
-    python -m modelship.stack down    # stops exactly what `up` started (by pid file / process group)
-    python -m modelship.stack status
+    python -m devstack up       # Docker engine, registry, Azurite, base image, Airflow's components
+    python -m devstack down     # stops exactly what `up` started (by pid file / process group)
+    python -m devstack status
 
 Everything lives under one git-ignored folder (``.state/`` by default, MODELSHIP_STATE): pid files,
 logs, data, the Airflow home and ``modelship.env``, the environment (connections and settings) that
@@ -11,7 +11,7 @@ Airflow runs with and that users ``source`` to use the ``modelship`` CLI against
 
 from __future__ import annotations
 
-import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -20,13 +20,19 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from modelship import localstack
-from modelship.settings import REPO_ROOT
+from devstack import REPO_ROOT, StackError
+from devstack.cluster import LocalCluster
+from devstack.components import Azurite, DockerEngine, Registry
+from devstack.process import Process
+from devstack.rootfs import BASE_IMAGE
+from modelpkg.atomic import write_atomic
+from modelship.net import wait_for
 
 AIRFLOW_PORT = 8080
 REGISTRY_PORT = 5000
 AZURITE_PORT = 10000
 MODEL_CONTAINER = "models"
+CLUSTER_LEASE = "make-up"  # `make up K8S=1` holds the local cluster until `make down`
 AIRFLOW_COMPONENTS = (
     ("scheduler", ["scheduler", "--skip-serve-logs"]),
     ("dag-processor", ["dag-processor"]),
@@ -65,7 +71,7 @@ def airflow_settings(home: Path, port: int) -> dict[str, str]:
     }
 
 
-def connections(registry: localstack.Registry, azurite: localstack.Azurite) -> dict[str, str]:
+def connections(registry: Registry, azurite: Azurite) -> dict[str, str]:
     """The connections the DAGs use (model store, registry), as AIRFLOW_CONN_* for these local stand-ins."""
     return {
         "AIRFLOW_CONN_MODELSHIP_BLOB": json.dumps(
@@ -77,45 +83,59 @@ def connections(registry: localstack.Registry, azurite: localstack.Azurite) -> d
     }
 
 
+def kubernetes_environment(cluster: LocalCluster) -> dict[str, str]:
+    """The release DAG's kubernetes target on the local cluster: its connection (the kubeconfig's content, as
+    on AKS) and the `local` overlay; the nightly release deploys there."""
+    return {
+        "AIRFLOW_CONN_MODELSHIP_KUBERNETES": json.dumps(
+            {"conn_type": "kubernetes", "extra": {"kube_config": cluster.kubeconfig.read_text()}}
+        ),
+        "MODELSHIP_KUBE_OVERLAY": "local",
+        "MODELSHIP_DEPLOY_TARGET": "kubernetes",
+    }
+
+
 class Stack:
     def __init__(self, state: Path, *, registry_port: int = REGISTRY_PORT, azurite_port: int = AZURITE_PORT) -> None:
-        # Ports are arguments so another stack (modelship.distributed) can run beside this one.
+        # Ports are arguments so another stack (devstack.compose) can run beside this one.
         self.state = state
-        self.docker = localstack.DockerEngine(state / "docker")
-        self.registry = localstack.Registry(state / "registry", port=registry_port)
-        self.azurite = localstack.Azurite(state / "azurite", port=azurite_port)
+        self.docker = DockerEngine(state / "docker")
+        self.registry = Registry(state / "registry", port=registry_port)
+        self.azurite = Azurite(state / "azurite", port=azurite_port)
         # What `airflow standalone` runs, started one by one so each binds loopback only: standalone
         # gives no way to stop the scheduler's and triggerer's log servers listening on all interfaces.
-        self.airflow = [
-            localstack.Process(f"airflow-{name}", state / "airflow") for name, _ in AIRFLOW_COMPONENTS
-        ]
+        self.airflow = [Process(f"airflow-{name}", state / "airflow") for name, _ in AIRFLOW_COMPONENTS]
         self.env_file = state / "modelship.env"
+        self.passwords_file = state / "airflow" / "simple_auth_manager_passwords.json.generated"
 
-    def environment(self) -> dict[str, str]:
+    def environment(self, kubernetes: bool = False) -> dict[str, str]:
         """Connections and settings for Airflow and the CLI, all pointing at the local stack."""
         return {
+            **(kubernetes_environment(LocalCluster()) if kubernetes else {}),
+            # For the modelship CLI's history and the demo: Airflow's REST API, as the admin user.
+            "MODELSHIP_AIRFLOW_URL": f"http://127.0.0.1:{AIRFLOW_PORT}",
+            "MODELSHIP_AIRFLOW_USER": "admin",
+            "MODELSHIP_AIRFLOW_PASSWORD_FILE": str(self.passwords_file),
             **airflow_settings(self.state / "airflow", AIRFLOW_PORT),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             **connections(self.registry, self.azurite),
             "MODELSHIP_STATE": str(self.state),
             "MODELSHIP_MODEL_STORE": f"wasb:{MODEL_CONTAINER}",
-            "MODELSHIP_BASE_IMAGE": localstack.BASE_IMAGE,
+            "MODELSHIP_BASE_IMAGE": BASE_IMAGE,
             "MODELSHIP_DOCKER_HOST": self.docker.url,
             "DOCKER_HOST": self.docker.url,
             **openlineage_environment(self.state / "openlineage" / "events.jsonl"),
         }
 
     def write_env_file(self, env: dict[str, str]) -> None:
-        self.env_file.parent.mkdir(parents=True, exist_ok=True)
         lines = [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
-        tmp = self.env_file.with_suffix(".tmp")
-        tmp.touch(mode=0o600)
-        tmp.write_text(
-            "# Written by `make up`: the local stack's connections and settings.\n" + "\n".join(lines) + "\n"
-        )
-        os.replace(tmp, self.env_file)
+        header = "# Written by `make up`: the local stack's connections and settings.\n"
+        write_atomic(self.env_file, header + "\n".join(lines) + "\n", mode=0o600)  # it holds credentials
 
-    def up(self) -> None:
+    def up(self, kubernetes: bool = False) -> None:
+        if kubernetes:
+            print("starting the local Kubernetes cluster (built once per machine, ≈ 8 min)…", flush=True)
+            LocalCluster().acquire(CLUSTER_LEASE)
         print("starting Docker engine (no bridge, host network)…", flush=True)
         self.docker.start()
         print("importing the local base image (no registry to pull from)…", flush=True)
@@ -124,14 +144,19 @@ class Stack:
         self.registry.start()
         print(f"starting Azurite on 127.0.0.1:{AZURITE_PORT}…", flush=True)
         self.azurite.start()
-        env = self.environment()
+        env = self.environment(kubernetes=kubernetes)
         self.write_env_file(env)
         self._start_airflow(env)
         self._print_login()
 
     def _start_airflow(self, env: dict[str, str]) -> None:
         url = f"http://127.0.0.1:{AIRFLOW_PORT}/api/v2/monitor/health"
-        if all(p.pid() for p in self.airflow) and _http_ok(url):
+        # Airflow's components read their environment once: a changed one (make up K8S=1 after make up)
+        # needs a restart, an unchanged one does not (make up is idempotent).
+        started_with = self.state / "airflow" / "environment.sha256"
+        digest = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()
+        running = all(p.pid() for p in self.airflow) and _http_ok(url)
+        if running and started_with.exists() and started_with.read_text() == digest:
             print("Airflow is already running", flush=True)
             return
         for proc in self.airflow:  # a half-running set (one component died) is restarted whole
@@ -143,17 +168,18 @@ class Stack:
         print("migrating the Airflow database (SQLite)…", flush=True)
         migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True)
         if migrate.returncode != 0:
-            raise localstack.StackError(f"airflow db migrate failed:\n{migrate.stderr[-2000:]}")
+            raise StackError(f"airflow db migrate failed:\n{migrate.stderr[-2000:]}")
         print(
             f"starting Airflow (scheduler, dag-processor, triggerer, api-server on 127.0.0.1:{AIRFLOW_PORT})…"
         )
         for proc, (_, args) in zip(self.airflow, AIRFLOW_COMPONENTS, strict=True):
             proc.spawn([airflow, *args], env=env, cwd=REPO_ROOT)
+        write_atomic(started_with, digest)
         api = self.airflow[-1]
-        localstack.wait_for(lambda: _http_ok(url), "Airflow API server", timeout=240, log=api.log_file)
+        wait_for(lambda: _http_ok(url), "Airflow API server", timeout=240, log=api.log_file)
 
     def _print_login(self) -> None:
-        passwords = self.state / "airflow" / "simple_auth_manager_passwords.json.generated"
+        passwords = self.passwords_file
         creds = json.loads(passwords.read_text()) if passwords.exists() else {}
         print(f"\nmodelship is up.\n  Airflow UI: http://127.0.0.1:{AIRFLOW_PORT}")
         for user, password in creds.items():
@@ -162,6 +188,10 @@ class Stack:
         print(f"  logs:       {self.state}/*/*.log\n  stop:       make down", flush=True)
 
     def down(self) -> None:
+        cluster = LocalCluster()
+        if (cluster.leases / CLUSTER_LEASE).exists():
+            print("releasing the local Kubernetes cluster (stopped unless a test session still uses it)…", flush=True)
+            cluster.release(CLUSTER_LEASE)
         for proc in self.airflow:
             print(f"stopping {proc.name}…", flush=True)
             proc.stop()
@@ -179,6 +209,7 @@ class Stack:
             "azurite": self.azurite.proc.pid() is not None,
             "registry": self.registry.proc.pid() is not None,
             "docker": self.docker.proc.pid() is not None,
+            "kubernetes": (LocalCluster().leases / CLUSTER_LEASE).exists() and LocalCluster().ready(),
         }
 
 
@@ -210,31 +241,3 @@ def _http_ok(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m modelship.stack", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["up", "down", "status", "env"])
-    parser.add_argument(
-        "--state", type=Path, default=Path(os.environ.get("MODELSHIP_STATE", REPO_ROOT / ".state"))
-    )
-    args = parser.parse_args(argv)
-    stack = Stack(args.state.resolve())
-    try:
-        if args.command == "up":
-            stack.up()
-        elif args.command == "down":
-            stack.down()
-        elif args.command == "env":
-            print(stack.env_file)
-        else:
-            for name, running in stack.status().items():
-                print(f"{name:10} {'running' if running else 'stopped'}")
-    except localstack.StackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

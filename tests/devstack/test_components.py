@@ -8,10 +8,10 @@ import urllib.request
 
 import pytest
 
-from modelship import localstack
+from devstack import components, rootfs
 
 
-def test_azurite_stores_and_returns_a_blob(azurite: localstack.Azurite) -> None:
+def test_azurite_stores_and_returns_a_blob(azurite: components.Azurite) -> None:
     from azure.storage.blob import BlobServiceClient
 
     service = BlobServiceClient.from_connection_string(azurite.connection_string)
@@ -22,13 +22,13 @@ def test_azurite_stores_and_returns_a_blob(azurite: localstack.Azurite) -> None:
     assert container.download_blob("hello.txt").readall() == b"hello"
 
 
-def test_registry_refuses_anonymous_access(registry: localstack.Registry) -> None:
+def test_registry_refuses_anonymous_access(registry: components.Registry) -> None:
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"http://{registry.address}/v2/", timeout=5)
     assert err.value.code == 401
 
 
-def test_registry_accepts_its_credentials(registry: localstack.Registry) -> None:
+def test_registry_accepts_its_credentials(registry: components.Registry) -> None:
     request = urllib.request.Request(f"http://{registry.address}/v2/")
     import base64
 
@@ -40,7 +40,7 @@ def test_registry_accepts_its_credentials(registry: localstack.Registry) -> None
 
 def test_docker_engine_runs_the_base_image_on_the_host_network(docker_client) -> None:
     out = docker_client.containers.run(
-        localstack.BASE_IMAGE,
+        rootfs.BASE_IMAGE,
         ["python3", "-c", "import sys; print(sys.version_info[:2])"],
         network_mode="host",
         remove=True,
@@ -55,7 +55,7 @@ def test_an_engine_killed_outright_leaves_nothing_that_blocks_a_restart_or_remov
     import shutil
     import signal
 
-    engine = localstack.DockerEngine(tmp_path / "docker")
+    engine = components.DockerEngine(tmp_path / "docker")
     data = str((tmp_path / "docker" / "docker-data").resolve())
     engine.start()
     try:

@@ -11,16 +11,15 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from modelship.airflow_api import AirflowAPI, AirflowAPIError
 from modelship.settings import Settings
 
 
@@ -29,89 +28,27 @@ class DemoFailed(RuntimeError):
 
 
 class Airflow:
-    """The few calls of Airflow 3's REST API the demo needs (token from the simple auth manager)."""
+    """What the demo asks of Airflow's REST API (modelship.airflow_api), plus where the tasks ran."""
 
-    def __init__(self, base_url: str, username: str, password: str) -> None:
-        self.base = base_url.rstrip("/")
-        token = self._call("POST", "/auth/token", {"username": username, "password": password}, auth=False)
-        self.token = token["access_token"]
+    def __init__(self, api: AirflowAPI) -> None:
+        self.api = api
         self.hosts: set[str] = set()  # the hostnames task instances ran on, over every run waited for
 
-    def _call(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> Any:
-        request = urllib.request.Request(f"{self.base}{path}", method=method)
-        request.add_header("Content-Type", "application/json")
-        if auth:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        data = json.dumps(body).encode() if body is not None else None
-        try:
-            with urllib.request.urlopen(request, data=data, timeout=30) as response:
-                text = response.read().decode()
-        except urllib.error.HTTPError as exc:
-            raise DemoFailed(f"{method} {path}: HTTP {exc.code}: {exc.read().decode()[:500]}") from exc
-        ctype = response.headers.get("Content-Type", "")
-        return json.loads(text) if "json" in ctype else text
+    def run_ids(self, dag_id: str) -> set[str]:
+        return {run.dag_run_id for run in self.api.runs(dag_id)}
 
-    def unpause(self, dag_id: str) -> None:
-        self._call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
-
-    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
-        run = self._call("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
-        return run["dag_run_id"]
-
-    def runs(self, dag_id: str) -> list[dict[str, Any]]:
-        return self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit=20")["dag_runs"]
-
-    def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}")
-
-    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        quoted = urllib.request.quote(run_id, safe="")
-        return self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances")["task_instances"]
-
-    def xcom(self, dag_id: str, run_id: str, task_id: str) -> Any:
-        """The task's return value (None if it returned nothing, was skipped or did not run)."""
-        quoted = urllib.request.quote(run_id, safe="")
-        path = f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/xcomEntries/return_value"
-        try:
-            entry = self._call("GET", f"{path}?deserialize=true&stringify=false")
-        except DemoFailed as exc:
-            if "HTTP 404" in str(exc):
-                return None
-            raise
-        return entry.get("value") if isinstance(entry, dict) else None
-
-    def log_tail(self, dag_id: str, run_id: str, task_id: str, try_number: int, lines: int = 15) -> str:
-        quoted = urllib.request.quote(run_id, safe="")
-        path = f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/logs/{try_number}?full_content=true"
-        try:
-            content = self._call("GET", path)
-        except DemoFailed as exc:
-            return str(exc)
-        if isinstance(content, dict):
-            content = content.get("content", "")
-            if isinstance(content, list):
-                content = "\n".join(e.get("event", "") if isinstance(e, dict) else str(e) for e in content)
-        return "\n".join(str(content).splitlines()[-lines:])
-
-    def wait(self, dag_id: str, run_id: str, timeout: float = 900) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = self.run(dag_id, run_id)
-            if run["state"] in ("success", "failed"):
-                break
-            time.sleep(2)
-        else:
-            raise DemoFailed(f"{dag_id} run {run_id} did not finish within {timeout:.0f}s")
-        tis = self.task_instances(dag_id, run_id)
-        summary = ", ".join(f"{ti['task_id']}={ti['state']}" for ti in tis)
+    def wait(self, dag_id: str, run_id: str, timeout: float = 900) -> Any:
+        run = self.api.wait(dag_id, run_id, timeout=timeout)
+        tis = self.api.tasks(dag_id, run_id)
+        summary = ", ".join(f"{ti.task_id}={_state(ti.state)}" for ti in tis)
         # Where the work ran: one host standalone, each Celery worker's on the distributed stack.
-        hosts = sorted({ti["hostname"] for ti in tis if ti.get("hostname")})
+        hosts = sorted({ti.hostname for ti in tis if ti.hostname})
         self.hosts.update(hosts)
-        if run["state"] != "success":
-            failed = [ti for ti in tis if ti["state"] == "failed"]
+        if _state(run.state) != "success":
+            failed = [ti for ti in tis if _state(ti.state) == "failed"]
             tails = "\n".join(
-                f"--- {ti['task_id']} (try {ti['try_number']}):\n"
-                + self.log_tail(dag_id, run_id, ti["task_id"], ti["try_number"])
+                f"--- {ti.task_id} (try {ti.try_number}):\n"
+                + self.api.log_tail(dag_id, run_id, ti.task_id, ti.try_number)
                 for ti in failed
             )
             raise DemoFailed(f"{dag_id} run {run_id} failed ({summary})\n{tails}")
@@ -122,11 +59,15 @@ class Airflow:
         """The id of the oldest run of `dag_id` that was not there before (one an Asset event started)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            new = [r["dag_run_id"] for r in self.runs(dag_id) if r["dag_run_id"] not in after]
+            new = [run.dag_run_id for run in self.api.runs(dag_id) if run.dag_run_id not in after]
             if new:
                 return new[-1]  # runs() lists the newest first
             time.sleep(2)
         raise DemoFailed(f"no new {dag_id} run started within {timeout:.0f}s")
+
+
+def _state(value: Any) -> str:
+    return str(getattr(value, "value", value))
 
 
 def step(message: str) -> None:
@@ -178,13 +119,13 @@ def wait_for_image(airflow: Airflow, ci_before: set[str], version: str, timeout:
         run_id = airflow.wait_for_new_run("ci", seen, timeout=max(deadline - time.monotonic(), 1))
         seen.add(run_id)
         airflow.wait("ci", run_id, timeout=max(deadline - time.monotonic(), 1))
-        image = airflow.xcom("ci", run_id, "push")
+        image = airflow.api.return_value("ci", run_id, "push")
         if isinstance(image, dict) and image.get("model_version") == version:
             return image
         step(f"ci {run_id} pushed no image of model {version} (a commit-triggered run); waiting for the next run")
 
 
-def ship_model(airflow: Airflow, settings: Settings, version: str, workdir: Path) -> dict[str, Any]:
+def ship_model(airflow: Airflow, settings: Settings, version: str, workdir: Path, target: str) -> dict[str, Any]:
     """One round of the story for model `version`; returns what `modelship status` reports at the end."""
     bin_dir = Path(sys.executable).parent
     package = workdir / version
@@ -193,9 +134,9 @@ def ship_model(airflow: Airflow, settings: Settings, version: str, workdir: Path
     step(f"publish {version} to the model store ({settings.model_store})")
     print(run_cli(str(bin_dir / "modelship"), "model", "publish", str(package)).strip(), flush=True)
 
-    ci_before = {r["dag_run_id"] for r in airflow.runs("ci")}
+    ci_before = airflow.run_ids("ci")
     step(f"trigger model_refresh for {version}: validate, promote")
-    run_id = airflow.trigger("model_refresh", {"model_name": settings.model_name, "version": version})
+    run_id = airflow.api.trigger("model_refresh", {"model_name": settings.model_name, "version": version})
     airflow.wait("model_refresh", run_id)
 
     step("ci starts from the `model` Asset event: test, build, smoke-test, push")
@@ -203,14 +144,14 @@ def ship_model(airflow: Airflow, settings: Settings, version: str, workdir: Path
     ref = f"{image['repository']}@{image['digest']}"
     step(f"pushed {ref}\n    tag {image['tag']}: commit {image['commit']}, model {version} ({image['model_sha256']})")
 
-    step("release (docker target) deploys that image by digest: candidate, verify, swap, roll back on failure")
-    run_id = airflow.trigger("release", {"target": "docker", "image": ref})
+    step(f"release ({target} target) deploys that image by digest: verify, swap, roll back on failure")
+    run_id = airflow.api.trigger("release", {"target": target, "image": ref})
     airflow.wait("release", run_id)
-    score(settings.docker_deploy_port)
 
     step("modelship status")
-    print(run_cli(str(bin_dir / "modelship"), "status", "--target", "docker").rstrip(), flush=True)
-    status = json.loads(run_cli(str(bin_dir / "modelship"), "status", "--target", "docker", "--json"))
+    print(run_cli(str(bin_dir / "modelship"), "status", "--target", target).rstrip(), flush=True)
+    status = json.loads(run_cli(str(bin_dir / "modelship"), "status", "--target", target, "--json"))
+    score(int(status.get("port") or settings.docker_deploy_port))
     served = (status.get("image_digest"), status.get("commit"), status.get("model_version"))
     if served != (image["digest"], image["commit"], version):
         raise DemoFailed(f"status reports digest/commit/model {served}, expected {image['digest']}, "
@@ -219,25 +160,19 @@ def ship_model(airflow: Airflow, settings: Settings, version: str, workdir: Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m modelship.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--airflow", default=os.environ.get("MODELSHIP_AIRFLOW_URL", "http://127.0.0.1:8080"))
-    parser.add_argument("--user", default="admin")
-    parser.add_argument("--password-file", type=Path, default=os.environ.get("MODELSHIP_AIRFLOW_PASSWORD_FILE"))
-    args = parser.parse_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m devstack demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--target", choices=("docker", "kubernetes"), default="docker")
+    target = parser.parse_args(argv).target
     settings = Settings.get()
-    password_file = args.password_file or Path(
-        os.environ.get("AIRFLOW_HOME", settings.state_dir / "airflow")
-    ) / "simple_auth_manager_passwords.json.generated"
     try:
-        password = json.loads(password_file.read_text())[args.user]
-        airflow = Airflow(args.airflow, args.user, password)
+        airflow = Airflow(AirflowAPI.from_environment())
         for dag_id in ("model_refresh", "ci", "release"):
-            airflow.unpause(dag_id)
+            airflow.api.unpause(dag_id)
         served = []
         with tempfile.TemporaryDirectory(prefix="modelship-demo-") as tmp:
             for _ in range(2):
-                served.append(ship_model(airflow, settings, next_version(settings), Path(tmp)))
-    except (DemoFailed, OSError, KeyError, ValueError) as exc:
+                served.append(ship_model(airflow, settings, next_version(settings), Path(tmp), target))
+    except (DemoFailed, AirflowAPIError, OSError, KeyError, ValueError) as exc:
         print(f"\ndemo FAILED: {exc}", file=sys.stderr, flush=True)
         return 1
     first, second = served

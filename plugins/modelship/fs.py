@@ -1,0 +1,44 @@
+"""Copies that cost nothing where they can: hard links (model packages and wheelhouses are hundreds of MB).
+
+A hard link shares the bytes with the original, so never write into a linked file in place: replace it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache", ".ruff_cache")
+
+
+def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> bool:
+    """Hard-link src to dst, or copy it where linking is refused (EXDEV: another filesystem, EPERM:
+    protected_hardlinks, EMLINK); True when linked."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+        return False
+    return True
+
+
+def link_tree(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    ignore: Callable[[str, list[str]], set[str]] | None = IGNORED,
+    counts: dict[str, int] | None = None,
+) -> Path:
+    """Copy the tree src to dst (which may exist: files already there are kept) by linking each file."""
+
+    def copy(source: str, target: str) -> str:
+        if not os.path.exists(target):
+            linked = link_or_copy(source, target)
+            if counts is not None:
+                counts["linked" if linked else "copied"] = counts.get("linked" if linked else "copied", 0) + 1
+        return target
+
+    shutil.copytree(src, dst, ignore=ignore, copy_function=copy, dirs_exist_ok=True)
+    return Path(dst)
