@@ -648,7 +648,7 @@ def build_and_push(
     built = images.build_image(api, context, f"{REPOSITORY}:{tag}", lineage.build_args(rootfs.BASE_IMAGE))
     out = {"image_id": built.id, "commit": full, "model_version": manifest["version"], "tag": tag}
     if push:
-        out["digest"] = images.push_image(api, built.id, REPOSITORY, tag, registry_conn="modelship_registry")
+        out["digest"] = images.push_image(api, built.id, REPOSITORY, tag, registry_conn="modelship_registry").digest
         out["ref"] = f"{stack.registry.address}/{REPOSITORY}@{out['digest']}"
     shutil.rmtree(work, ignore_errors=True)
     return out

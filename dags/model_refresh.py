@@ -24,9 +24,12 @@ from typing import Any
 
 from airflow.sdk import Param, dag, task
 
-from modelship.lineage import MODEL
-from modelship.settings import DEFAULT_ARGS
+from modelship.lineage import MODEL, ModelEvent, ValidatedModel
+from modelship.settings import DEFAULT_ARGS, Settings
+from modelship.tasks import emit, step
 from modelship.validation import run_promote, run_validate
+
+_settings = Settings.get()  # environment only: no I/O at parse time
 
 
 @dag(
@@ -39,7 +42,7 @@ from modelship.validation import run_promote, run_validate
     default_args=DEFAULT_ARGS,
     params={
         "model_name": Param(
-            "digits",
+            _settings.model_name,
             type="string",
             minLength=1,
             title="Model name",
@@ -69,24 +72,24 @@ from modelship.validation import run_promote, run_validate
             description="Also require a strictly higher accuracy than the version the alias points at now.",
         ),
         "alias": Param(
-            "production",
+            _settings.model_alias,
             type="string",
             minLength=1,
             title="Alias",
-            description="Alias to move; CI builds images from `production`.",
+            description=f"Alias to move; ci builds images from {_settings.model_alias!r} (MODELSHIP_MODEL_ALIAS).",
         ),
     },
 )
 def model_refresh() -> None:
     @task
-    def validate(params: dict[str, Any] | None = None) -> dict[str, Any]:
+    @step
+    def validate(params: dict[str, Any] | None = None) -> ValidatedModel:
         return run_validate(dict(params or {}))
 
     @task(outlets=[MODEL])
-    def promote(validated: dict[str, Any], params: dict[str, Any] | None = None, outlet_events=None) -> dict:
-        event = run_promote(validated, alias=str((params or {})["alias"]))
-        outlet_events[MODEL].extra = dict(event)
-        return dict(event)
+    @step
+    def promote(validated: ValidatedModel, params: dict[str, Any] | None = None, outlet_events=None) -> ModelEvent:
+        return emit(outlet_events, MODEL, run_promote(validated, alias=str((params or {})["alias"])))
 
     promote(validate())
 

@@ -1,12 +1,18 @@
 """
-### release: nightly, the newest image that passed CI goes into service, verified, or is rolled back
+### release: nightly, the desired state goes into service, verified, or is rolled back and quarantined
 
-1. **select_image**: the newest `image` Asset event (or the `image` param), checked to exist in the
-   registry by digest; its lineage (commit, model version) is read from the image's own labels.
-2. **deploy**: on the target (`docker` on one host, the embedded default; `kubernetes` for AKS or
-   any cluster): render/apply, wait for the rollout, verify `/version` answers with the expected commit
-   and model, and on any failure roll back to what served before and fail loudly. Emits the
-   `deployment` Asset event: target, image digest, commit, model version, revision.
+1. **select_image**: the desired state (modelship.desired): the newest commit of the configured branch that
+   passed ci × the model version the alias names now, chosen by lineage, never by which ci run finished
+   last; or the image the `image` param names. Proven to exist in the registry by digest, its lineage read
+   from its own labels. Nothing built yet for that pair: skipped (ci is building it). A quarantined image:
+   skipped, naming when and why, unless `force`; what serves keeps serving.
+2. **deploy**: on the target (`docker` on one host, the embedded default; `kubernetes` for AKS or any
+   cluster): apply, wait for the rollout, verify `/version` names the expected commit and model; on any
+   failure roll back to what served before and fail. Emits the `deployment` event when it serves.
+3. **record** (always, after deploy): the attempt, whatever its outcome, as a `deployments` event: target,
+   image, commit, model, outcome, start and end, this run. `modelship history` reads them.
+4. **quarantine** (after a failed deploy): a `quarantine` event for the image, with the reason, so no
+   scheduled release deploys it again (`modelship image release-quarantine DIGEST` lifts it).
 
 Runs nightly (MODELSHIP_RELEASE_SCHEDULE) and on demand from the trigger form.
 """
@@ -17,10 +23,18 @@ import pendulum
 from airflow.sdk import Param, dag, task
 
 from modelship import release as steps
-from modelship.deploy import DeploymentFailed
-from modelship.failfast import no_retry_on
-from modelship.lineage import DEPLOYMENT, IMAGE
+from modelship.lineage import (
+    DEPLOYMENT,
+    DEPLOYMENTS,
+    IMAGE,
+    QUARANTINE,
+    DeploymentEvent,
+    DeploymentRecord,
+    Quarantine,
+    ReleaseImage,
+)
 from modelship.settings import DEFAULT_ARGS, Settings
+from modelship.tasks import emit, events, step
 
 _settings = Settings.get()  # environment only: no I/O at parse time
 
@@ -46,31 +60,48 @@ _settings = Settings.get()  # environment only: no I/O at parse time
             "",
             type="string",
             title="Image",
-            description="REGISTRY/REPOSITORY@sha256:DIGEST (or :TAG). Empty: the newest image that passed CI.",
+            description="REGISTRY/REPOSITORY@sha256:DIGEST (or :TAG). Empty: the desired state (newest commit "
+            "that passed ci × the model the alias names now).",
+        ),
+        "force": Param(
+            False,
+            type="boolean",
+            title="Force",
+            description="Deploy the image even if a failed release quarantined it (on purpose, e.g. after a fix "
+            "outside the image).",
         ),
     },
 )
 def release():
-    @task(inlets=[IMAGE])
-    def select_image(params=None, inlet_events=None) -> dict:
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        events = [event.extra for event in inlet_events[IMAGE]]
-        try:
-            with no_retry_on(steps.ReleaseError):
-                return steps.select_image(params["image"], events)
-        except steps.NothingToRelease as exc:  # a fresh install's first night is not a failure
-            raise AirflowSkipException(str(exc)) from exc
+    @task(inlets=[IMAGE, QUARANTINE])
+    @step
+    def select_image(params=None, inlet_events=None) -> ReleaseImage:
+        return steps.select_image(params["image"], params["force"], events(inlet_events[IMAGE]),
+                                  events(inlet_events[QUARANTINE]))  # fmt: skip
 
     @task(outlets=[DEPLOYMENT])
-    def deploy(image: dict, params=None, outlet_events=None) -> dict:
-        # A failed deployment has already been rolled back; deploying it again would fail the same way.
-        with no_retry_on(DeploymentFailed):
-            extra = steps.deploy(params["target"], image)
-        outlet_events[DEPLOYMENT].extra = extra
-        return extra
+    @step
+    def deploy(image: ReleaseImage, params=None, ti=None, outlet_events=None) -> DeploymentEvent:
+        def record(attempt: DeploymentRecord) -> None:
+            ti.xcom_push(key="record", value=attempt.as_dict())
 
-    deploy(select_image())
+        deployed = steps.deploy(params["target"], image, record, dag_id=ti.dag_id, run_id=ti.run_id)
+        return emit(outlet_events, DEPLOYMENT, deployed)
+
+    @task(outlets=[DEPLOYMENTS])
+    @step
+    def record(ti=None, outlet_events=None) -> DeploymentRecord:
+        return emit(outlet_events, DEPLOYMENTS, steps.recorded(ti.xcom_pull(task_ids="deploy", key="record")))
+
+    @task(outlets=[QUARANTINE])
+    @step
+    def quarantine(ti=None, outlet_events=None) -> Quarantine:
+        return emit(outlet_events, QUARANTINE, steps.quarantine_of(ti.xcom_pull(task_ids="deploy", key="record")))
+
+    selected = select_image()
+    deployed = deploy(selected)
+    # Teardowns: they run once deploy is done, whatever its outcome, and do not decide the run's state.
+    deployed >> [record().as_teardown(setups=selected), quarantine().as_teardown(setups=selected)]
 
 
 release()

@@ -1,9 +1,12 @@
 """`make demo`: the whole story, headless, against a running stack (`make up` or `make up-distributed`).
 
 train + publish model vN → model_refresh promotes it → ci builds and pushes (started by the `model`
-Asset) → release deploys it (docker target) → /score against the deployed app → `modelship status`.
-Then the same with model vN+1, to show the image and the deployment follow. Every step is printed as it
-goes; the first failure ends the demo non-zero with the failing task's last log lines.
+Asset) → release deploys the desired state (newest commit that passed ci × the model the alias names now)
+→ /score against the deployed app → `modelship status`. Then the same with model vN+1, to show the image and
+the deployment follow; then the data scientist's rollback: model_refresh promotes vN again, ci announces the
+image it built before (no rebuild), the release serves it again; `modelship history` shows all three.
+Every step is printed as it goes; the first failure ends the demo non-zero with the failing task's last log
+lines. --target kubernetes (make demo TARGET=kubernetes) releases to the local cluster instead.
 """
 
 from __future__ import annotations
@@ -119,44 +122,55 @@ def wait_for_image(airflow: Airflow, ci_before: set[str], version: str, timeout:
         run_id = airflow.wait_for_new_run("ci", seen, timeout=max(deadline - time.monotonic(), 1))
         seen.add(run_id)
         airflow.wait("ci", run_id, timeout=max(deadline - time.monotonic(), 1))
-        image = airflow.api.return_value("ci", run_id, "push")
+        # Built and pushed, or found already pushed and announced (rebuilt: false).
+        image = airflow.api.return_value("ci", run_id, "push") or airflow.api.return_value("ci", run_id, "announce")
         if isinstance(image, dict) and image.get("model_version") == version:
             return image
-        step(f"ci {run_id} pushed no image of model {version} (a commit-triggered run); waiting for the next run")
+        step(f"ci {run_id} made no image of model {version} (a commit-triggered run); waiting for the next run")
+
+
+def promote(airflow: Airflow, settings: Settings, version: str) -> dict[str, Any]:
+    """model_refresh promotes `version`; the image event of the ci run its `model` event starts."""
+    ci_before = airflow.run_ids("ci")
+    step(f"trigger model_refresh for {version}: validate, promote")
+    run_id = airflow.api.trigger("model_refresh", {"model_name": settings.model_name, "version": version})
+    airflow.wait("model_refresh", run_id)
+    step("ci starts from the `model` Asset event: resolve → (announce | test, build, smoke-test, push)")
+    image = wait_for_image(airflow, ci_before, version)
+    how = "rebuilt and pushed" if image.get("rebuilt", True) else "already in the registry: announced, not rebuilt"
+    step(f"{image['repository']}@{image['digest']}\n    tag {image['tag']}: commit {image['commit']}, model {version}"
+         f" ({how}; {image.get('layers_pushed', 0)} layers, {image.get('bytes_pushed', 0)} bytes pushed)")  # fmt: skip
+    return image
+
+
+def release(airflow: Airflow, settings: Settings, image: dict[str, Any], target: str) -> dict[str, Any]:
+    """A release of the desired state (no image named); what `modelship status` reports after it."""
+    bin_dir = Path(sys.executable).parent
+    step(f"release ({target} target): the desired state, verified; rolled back and quarantined on failure")
+    run_id = airflow.api.trigger("release", {"target": target})
+    airflow.wait("release", run_id)
+    step("modelship status")
+    print(run_cli(str(bin_dir / "modelship"), "status", "--target", target).rstrip(), flush=True)
+    status = json.loads(run_cli(str(bin_dir / "modelship"), "status", "--target", target, "--json"))
+    score(int(status.get("port") or settings.docker_deploy_port))
+    served = (status.get("image_digest"), status.get("commit"), status.get("model_version"))
+    if served != (image["digest"], image["commit"], image["model_version"]):
+        raise DemoFailed(f"status reports digest/commit/model {served}, expected {image['digest']}, "
+                         f"{image['commit']}, {image['model_version']}")  # fmt: skip
+    if not (status.get("desired") or {}).get("in_desired_state"):
+        raise DemoFailed(f"status says what serves is not the desired state: {status.get('desired')}")
+    return status
 
 
 def ship_model(airflow: Airflow, settings: Settings, version: str, workdir: Path, target: str) -> dict[str, Any]:
-    """One round of the story for model `version`; returns what `modelship status` reports at the end."""
+    """One round of the story for a new model `version`; returns what `modelship status` reports at the end."""
     bin_dir = Path(sys.executable).parent
     package = workdir / version
     step(f"train model {settings.model_name} {version} on scikit-learn's digits and export ONNX")
     run_cli(sys.executable, "-m", "training.train", "--out", str(package), "--version", version)
     step(f"publish {version} to the model store ({settings.model_store})")
     print(run_cli(str(bin_dir / "modelship"), "model", "publish", str(package)).strip(), flush=True)
-
-    ci_before = airflow.run_ids("ci")
-    step(f"trigger model_refresh for {version}: validate, promote")
-    run_id = airflow.api.trigger("model_refresh", {"model_name": settings.model_name, "version": version})
-    airflow.wait("model_refresh", run_id)
-
-    step("ci starts from the `model` Asset event: test, build, smoke-test, push")
-    image = wait_for_image(airflow, ci_before, version)
-    ref = f"{image['repository']}@{image['digest']}"
-    step(f"pushed {ref}\n    tag {image['tag']}: commit {image['commit']}, model {version} ({image['model_sha256']})")
-
-    step(f"release ({target} target) deploys that image by digest: verify, swap, roll back on failure")
-    run_id = airflow.api.trigger("release", {"target": target, "image": ref})
-    airflow.wait("release", run_id)
-
-    step("modelship status")
-    print(run_cli(str(bin_dir / "modelship"), "status", "--target", target).rstrip(), flush=True)
-    status = json.loads(run_cli(str(bin_dir / "modelship"), "status", "--target", target, "--json"))
-    score(int(status.get("port") or settings.docker_deploy_port))
-    served = (status.get("image_digest"), status.get("commit"), status.get("model_version"))
-    if served != (image["digest"], image["commit"], version):
-        raise DemoFailed(f"status reports digest/commit/model {served}, expected {image['digest']}, "
-                         f"{image['commit']}, {version}")  # fmt: skip
-    return status
+    return release(airflow, settings, promote(airflow, settings, version), target)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,14 +186,22 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="modelship-demo-") as tmp:
             for _ in range(2):
                 served.append(ship_model(airflow, settings, next_version(settings), Path(tmp), target))
+        first, second = served
+        step(f"the data scientist rolls back: promote {first['model_version']} again")
+        rolled_back = release(airflow, settings, promote(airflow, settings, first["model_version"]), target)
+        if rolled_back["image_digest"] != first["image_digest"]:
+            raise DemoFailed(f"the rollback serves {rolled_back['image_digest']}, not {first['image_digest']}")
+        step("modelship history")
+        bin_dir = Path(sys.executable).parent
+        print(run_cli(str(bin_dir / "modelship"), "history", "--target", target).rstrip(), flush=True)
     except (DemoFailed, AirflowAPIError, OSError, KeyError, ValueError) as exc:
         print(f"\ndemo FAILED: {exc}", file=sys.stderr, flush=True)
         return 1
-    first, second = served
     step(
-        f"demo complete: model {first['model_version']} -> {second['model_version']}, image "
-        f"{first['image_digest'][:19]} -> {second['image_digest'][:19]}, serving on 127.0.0.1:{second['port']} "
-        f"(commit {second['commit'][:12]}); tasks ran on {', '.join(sorted(airflow.hosts))}"
+        f"demo complete: model {first['model_version']} -> {second['model_version']} -> {first['model_version']}"
+        f" (rolled back, same image {first['image_digest'][:19]}, not rebuilt), serving on {target} "
+        f"(commit {second['commit'][:12]}); tasks ran on {', '.join(sorted(airflow.hosts))}\n"
+        f"    Airflow UI: {airflow.api.url}"
     )
     return 0
 

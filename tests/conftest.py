@@ -83,6 +83,35 @@ def airflow_db() -> Path:
     return home
 
 
+@pytest.fixture(scope="session")
+def airflow_rest(airflow_db: Path, stack_dir: Path) -> Iterator[dict[str, str]]:
+    """Airflow's api-server on the session's DB (127.0.0.1, a free port), for what reads Airflow's metadata
+    through its REST API (modelship history, status, image …). Yields the MODELSHIP_AIRFLOW_* variables."""
+    import sys
+
+    from devstack.process import Process
+
+    port = net.free_port()
+    home = Path(os.environ["AIRFLOW_HOME"])
+    proc = Process("api-server", stack_dir / "api-server")
+    venv_bin = Path(sys.executable).parent
+    proc.spawn(
+        [str(venv_bin / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env={"PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}"},
+    )
+    try:
+        net.wait_for(lambda: net.port_open(port), "Airflow api-server", timeout=180, log=proc.log_file)
+        passwords = home / "simple_auth_manager_passwords.json.generated"
+        net.wait_for(passwords.exists, "the simple auth manager's password file", timeout=60, log=proc.log_file)
+        yield {
+            "MODELSHIP_AIRFLOW_URL": f"http://127.0.0.1:{port}",
+            "MODELSHIP_AIRFLOW_USER": "admin",
+            "MODELSHIP_AIRFLOW_PASSWORD_FILE": str(passwords),
+        }
+    finally:
+        proc.stop()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Airflow reads its configuration at import: point it at a private home before any test imports it.
     # A fresh home per session (SQLite), never a developer's ~/airflow or the `make up` stack's.

@@ -10,19 +10,29 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from modelpkg.atomic import atomic_dir
+from modelship.retry import Transient
+from modelship.verdicts import Verdict
 
 log = logging.getLogger(__name__)
 
 REQUIREMENTS = ("app/requirements.txt", "app/requirements-test.txt")
+# What pip prints when the index did not answer (worth a retry), as opposed to a requirement that cannot
+# be met (a verdict on the commit).
+_PIP_UNREACHABLE = ("connection", "timed out", "temporary failure", "network is unreachable", "read timed out",
+                    "max retries exceeded", "503", "502", "504")  # fmt: skip
 
 
-class AppTestsFailed(RuntimeError):
-    """The app's tests failed for this commit; the message carries pytest's summary."""
+class AppTestsFailed(Verdict, RuntimeError):
+    """The app's tests failed for this commit (or its requirements cannot be installed); the message says how."""
+
+
+class TestEnvironmentUnavailable(Transient, RuntimeError):
+    """The package index did not answer while the test environment was built: worth a retry."""
 
 
 def environment(checkout: Path, cache_dir: Path) -> Path:
@@ -38,28 +48,21 @@ def environment(checkout: Path, cache_dir: Path) -> Path:
         log.info("reusing the cached test environment %s", venv)
         return venv
     log.info("creating the test environment %s (first use of these requirements)", venv)
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{venv.name}.", dir=venv.parent))
-    try:
+    # Renamed into place only when complete, so a broken install is never reused; a concurrent run that
+    # finished first keeps its own (it may be testing in it). Console scripts keep the staging path in their
+    # shebangs, hence `python -m pytest` below.
+    with atomic_dir(venv, keep_existing=True) as tmp:
         subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True)
         args = [str(tmp / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
         for rel in REQUIREMENTS:
             args += ["-r", str(checkout / rel)]
         done = subprocess.run(args, capture_output=True, text=True)
         if done.returncode != 0:
-            raise AppTestsFailed(f"installing the test requirements failed:\n{done.stderr[-2000:]}")
+            said = done.stderr[-2000:]
+            if any(word in said.lower() for word in _PIP_UNREACHABLE):
+                raise TestEnvironmentUnavailable(f"the package index did not answer while installing:\n{said}")
+            raise AppTestsFailed(f"installing the test requirements failed:\n{said}")
         (tmp / ".complete").touch()
-        # Renamed into place only when complete, so a broken install is never reused. Its console
-        # scripts keep the temp path in their shebangs, hence `python -m pytest` below.
-        if (venv / ".complete").exists():  # a concurrent run finished first and may be testing in it
-            shutil.rmtree(tmp, ignore_errors=True)
-            return venv
-        if venv.exists():
-            shutil.rmtree(venv)
-        tmp.rename(venv)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return venv
 
 

@@ -151,48 +151,52 @@ def deployment_dataset(settings: Settings, event: Mapping[str, Any]) -> Dataset:
 
 
 def lineage_of(value: Any, settings: Settings) -> OperatorLineage:
-    """Inputs and outputs of a modelship task, from the dict it returned (anything else: none).
+    """Inputs and outputs of a modelship task, from the artifact it returned (modelship.lineage; else none).
 
-    The shapes are those of modelship.lineage's events and modelship.ci's candidate:
-    deployment event (target) → in: image, out: deployment;  image event (repository, digest, tag)
-    → in: commit + model, out: image;  selected image (image, digest) → in: image;  candidate
-    (commit, model_version) → in: commit + model;  model event (name, version, sha256) → out: model,
-    validated model (… promoted_before) → in: model.
+    deployment → in: image, out: deployment;  image event → in: commit + model, out: image;  release image,
+    deployment record, quarantine → in: image;  build (ci's steps) → in: commit + model;  model event →
+    out: model;  validated model → in: model.
     """
-    if not isinstance(value, Mapping):
-        return OperatorLineage()
-    v = value
-    if "target" in v and "image_digest" in v:  # release.deploy
-        image = image_dataset(str(v["image"]), commit=v.get("commit"), modelVersion=v.get("model_version"))
-        return OperatorLineage(inputs=[image], outputs=[deployment_dataset(settings, v)])
-    if "commit" in v and "model_version" in v:
-        name = str(v.get("model_name") or settings.model_name)
-        sources = [
-            commit_dataset(settings, str(v["commit"])),
-            model_dataset(settings, name, str(v["model_version"]), str(v.get("model_sha256") or "")),
-        ]
-        if "digest" in v and "tag" in v:  # ci.push: the image event
-            image = image_dataset(
-                f"{v['repository']}@{v['digest']}",
-                tag=v.get("tag"),
-                commit=v.get("commit"),
-                modelVersion=v.get("model_version"),
-                sha256=v.get("model_sha256"),
-            )
-            return OperatorLineage(inputs=sources, outputs=[image])
-        if "image" in v and "digest" in v:  # release.select_image: the image is what it reads
-            image = image_dataset(
-                str(v["image"]), commit=v.get("commit"), modelVersion=v.get("model_version"),
-                sha256=v.get("model_sha256"),
-            )  # fmt: skip
-            return OperatorLineage(inputs=[image])
-        return OperatorLineage(inputs=sources)  # ci's candidate, from resolve to smoke_test
-    if {"name", "version", "sha256"} <= v.keys():
-        model = model_dataset(settings, str(v["name"]), str(v["version"]), str(v["sha256"]), v.get("accuracy"))
-        if "promoted_before" in v:  # model_refresh.validate read it
+    from modelship.lineage import (
+        Build,
+        DeploymentEvent,
+        DeploymentRecord,
+        ImageEvent,
+        ModelEvent,
+        Quarantine,
+        ReleaseImage,
+        ValidatedModel,
+        from_xcom,
+    )
+
+    artifact = from_xcom(value)
+    if isinstance(artifact, DeploymentEvent):
+        image = image_dataset(artifact.image, commit=artifact.commit, modelVersion=artifact.model_version)
+        return OperatorLineage(inputs=[image], outputs=[deployment_dataset(settings, artifact.as_dict())])
+    if isinstance(artifact, ImageEvent):
+        image = image_dataset(artifact.ref, tag=artifact.tag, commit=artifact.commit,
+                              modelVersion=artifact.model_version, sha256=artifact.model_sha256)  # fmt: skip
+        return OperatorLineage(inputs=_sources(settings, artifact), outputs=[image])
+    if isinstance(artifact, ReleaseImage | DeploymentRecord | Quarantine):
+        image = image_dataset(artifact.image, commit=artifact.commit, modelVersion=artifact.model_version)
+        return OperatorLineage(inputs=[image])
+    if isinstance(artifact, Build):
+        return OperatorLineage(inputs=_sources(settings, artifact))
+    if isinstance(artifact, ModelEvent | ValidatedModel):
+        model = model_dataset(settings, artifact.name, artifact.version, artifact.sha256, artifact.accuracy)
+        if isinstance(artifact, ValidatedModel):  # model_refresh.validate read it
             return OperatorLineage(inputs=[model])
         return OperatorLineage(outputs=[model])  # model_refresh.promote: the `model` event
     return OperatorLineage()
+
+
+def _sources(settings: Settings, built: Any) -> list[Dataset]:
+    """The commit and the model version an image is (being) built from."""
+    name = built.model_name or settings.model_name
+    return [
+        commit_dataset(settings, built.commit),
+        model_dataset(settings, name, built.model_version, built.model_sha256),
+    ]
 
 
 class ModelshipExtractor(BaseExtractor):

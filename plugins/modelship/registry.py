@@ -16,24 +16,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urljoin
 
 import requests
 
-log = logging.getLogger(__name__)
+from modelship import retry
+from modelship.lineage import LABEL_MODEL_SHA256, LABEL_REVISION
 
-# The label keys every modelship image carries; images.py writes them (via the Dockerfile's build args),
-# everything else reads them through these names.
-LABEL_REVISION = "org.opencontainers.image.revision"
-LABEL_CREATED = "org.opencontainers.image.created"
-LABEL_SOURCE = "org.opencontainers.image.source"
-LABEL_VERSION = "org.opencontainers.image.version"
-LABEL_MODEL_NAME = "io.modelship.model.name"
-LABEL_MODEL_VERSION = "io.modelship.model.version"
-LABEL_MODEL_SHA256 = "io.modelship.model.sha256"
+log = logging.getLogger(__name__)
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -44,8 +36,7 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST_ACCEPT = ", ".join((DOCKER_MANIFEST, OCI_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX))
 _LISTS = (DOCKER_MANIFEST_LIST, OCI_INDEX)
 
-_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-T = TypeVar("T")
+_RETRY_STATUS = retry.TRANSIENT_STATUS
 _LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?$")
 
 
@@ -251,14 +242,9 @@ class RegistryClient:
         return self._retrying(send, f"{method} {url}")
 
     def _retrying(self, send: Callable[[], requests.Response], what: str) -> requests.Response:
+        policy = retry.Policy(attempts=self.attempts, base=self.backoff, max_delay=self.backoff * 2**self.attempts)
         try:
-            return with_retries(
-                send,
-                what=f"registry {self.address}: {what}",
-                attempts=self.attempts,
-                backoff=self.backoff,
-                transient=lambda exc: isinstance(exc, _TRANSIENT),
-            )
+            return retry.call(send, f"registry {self.address}: {what}", policy=policy, logger=log)
         except _RetryableStatus as exc:
             return exc.response  # still failing after the retries: let _check describe it
         except (requests.ConnectionError, requests.Timeout) as exc:
@@ -290,37 +276,12 @@ class RegistryClient:
         return token
 
 
-class _RetryableStatus(Exception):
-    """A 429/5xx answer, raised only so with_retries retries it."""
+class _RetryableStatus(retry.Transient):
+    """A 429/5xx answer, raised only so the retry policy retries it."""
 
     def __init__(self, response: requests.Response) -> None:
         super().__init__(f"HTTP {response.status_code}")
         self.response = response
-
-
-_TRANSIENT = (requests.ConnectionError, requests.Timeout, _RetryableStatus)
-
-
-def with_retries(
-    call: Callable[[], T],
-    *,
-    what: str,
-    attempts: int = 4,
-    backoff: float = 1.0,
-    transient: Callable[[Exception], bool],
-) -> T:
-    """call() until it succeeds; a `transient` failure is retried after backoff * 2**n seconds (logged),
-    any other failure, or the last one, is raised as is."""
-    for number in range(max(1, attempts)):
-        try:
-            return call()
-        except Exception as exc:
-            if number >= attempts - 1 or not transient(exc):
-                raise
-            delay = backoff * 2**number
-            log.warning("%s failed (%s); retry %d/%d in %.1fs", what, exc, number + 1, attempts - 1, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _pick_platform(manifests: list[dict[str, Any]]) -> dict[str, Any] | None:

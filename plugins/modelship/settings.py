@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # Every DAG's tasks: an owner, and retries with exponential backoff for the network steps (verdicts such as
-# failing tests or a failed gate skip the retries: modelship.failfast). The integrity test checks all of it.
+# failing tests or a failed gate skip the retries: modelship.verdicts). The integrity test checks all of it.
 DEFAULT_ARGS = {
     "owner": "modelship",
     "retries": 3,
@@ -55,7 +55,8 @@ class Settings:
     release_schedule: str  # MODELSHIP_RELEASE_SCHEDULE: cron, nightly by default
     docker_deploy_port: int  # MODELSHIP_DOCKER_DEPLOY_PORT: where the docker target serves the app
     kube_namespace: str  # MODELSHIP_KUBE_NAMESPACE
-    kube_overlay: str  # MODELSHIP_KUBE_OVERLAY: k8s/overlays/<name>
+    kube_overlay: str  # MODELSHIP_KUBE_OVERLAY: k8s/overlays/<name>, or a path to an overlay folder
+    rollout_timeout: float  # MODELSHIP_ROLLOUT_TIMEOUT: seconds a kubernetes rollout may take before it is rolled back
 
     # Local state: per-run workspaces, caches (model cache, wheelhouse, test environments).
     state_dir: Path  # MODELSHIP_STATE
@@ -68,6 +69,13 @@ class Settings:
     @property
     def work_dir(self) -> Path:
         return self.state_dir / "work"
+
+    @property
+    def overlay_dir(self) -> Path:
+        """The kustomize overlay the kubernetes target renders: a name under k8s/overlays/, or a path."""
+        if "/" in self.kube_overlay:
+            return Path(self.kube_overlay)
+        return REPO_ROOT / "k8s" / "overlays" / self.kube_overlay
 
     @classmethod
     def get(cls) -> Settings:
@@ -89,5 +97,6 @@ class Settings:
             docker_deploy_port=int(_env("MODELSHIP_DOCKER_DEPLOY_PORT", "8000")),
             kube_namespace=_env("MODELSHIP_KUBE_NAMESPACE", "modelship"),
             kube_overlay=_env("MODELSHIP_KUBE_OVERLAY", "aks"),
+            rollout_timeout=float(_env("MODELSHIP_ROLLOUT_TIMEOUT", "600")),
             state_dir=state,
         )

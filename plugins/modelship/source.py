@@ -1,76 +1,148 @@
-"""The application's source: which commit to build, a clean checkout of it, and a watcher for new commits.
+"""The application's source: which commit to build, a clean checkout of it, the branch's history, and a
+watcher for new commits.
 
-The source repository is a setting (MODELSHIP_SOURCE_REPO: any URL or path git understands); the
-default is this project's own repository, so the embedded default builds its own app/.
+The source repository is a setting (MODELSHIP_SOURCE_REPO: any URL or path git understands); the default is
+this project's own repository, so the embedded default builds its own app/. A bare mirror of it is kept in
+the cache folder and fetched incrementally: checkouts and the branch's history read it locally.
+
+Failures are classified (modelship.retry, modelship.verdicts): the remote not answering is transient and
+retried; a commit that is not in the repository, or is not a commit at all, is a verdict.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import hashlib
 import logging
 import re
-import shutil
 import subprocess
-import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+
+from modelpkg.atomic import atomic_dir
+from modelship import retry
+from modelship.verdicts import Verdict
 
 log = logging.getLogger(__name__)
 
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
+FETCH_POLICY = retry.Policy(attempts=4, base=1.0, max_delay=8.0)
 
 
 class SourceError(RuntimeError):
-    """The repository, branch or commit could not be resolved or checked out."""
+    """git failed on the repository; the message says which command and what git said."""
 
 
-def _git(*args: str, cwd: Path | None = None, timeout: float = 120) -> str:
+class SourceUnavailable(SourceError, retry.Transient):
+    """The repository did not answer (network, the remote's outage): worth a retry."""
+
+
+class CommitNotFound(SourceError, Verdict):
+    """The commit (or branch) is not in the repository, or is not a commit sha: asking again cannot help."""
+
+
+def public_url(repo: str) -> str:
+    """The repository URL without credentials (``https://token@host/x`` → ``https://host/x``): what may go into
+    logs, image labels, /version and lineage. Paths and scp-like addresses (git@host:org/repo) are unchanged."""
+    if "://" not in repo:
+        return repo
+    parts = urlsplit(repo)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def _git(*args: str, cwd: Path | None = None, timeout: float = 120, error: type[SourceError] = SourceError) -> str:
     try:
         done = subprocess.run(
             ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired as exc:
-        raise SourceError(f"git {args[0]} timed out after {timeout:.0f}s") from exc
+        raise SourceUnavailable(f"git {args[0]} timed out after {timeout:.0f}s") from exc
     if done.returncode != 0:
-        raise SourceError(f"git {' '.join(args[:2])} failed: {done.stderr.strip() or done.stdout.strip()}")
+        said = (done.stderr.strip() or done.stdout.strip()).replace("\n", " ")
+        shown = " ".join(public_url(a) for a in args[:2])
+        raise error(f"git {shown} failed: {said}")
     return done.stdout
+
+
+def _remote(command: str, repo: str, *args: str, cwd: Path | None = None, timeout: float = 120) -> str:
+    """`git <command> [args…] <repo> …` talks to the remote: its failures are transient, retried with backoff."""
+    return retry.call(
+        lambda: _git(command, *args, cwd=cwd, timeout=timeout, error=SourceUnavailable),
+        f"git {command} {public_url(repo)}",
+        policy=FETCH_POLICY,
+        logger=log,
+    )
 
 
 def head_commit(repo: str, branch: str) -> str:
     """The newest commit of `branch` in `repo` (no clone needed)."""
-    out = _git("ls-remote", repo, f"refs/heads/{branch}")
+    out = _remote("ls-remote", repo, repo, f"refs/heads/{branch}")
     if not out.strip():
-        raise SourceError(f"branch {branch!r} not found in {repo}")
+        raise CommitNotFound(f"branch {branch!r} not found in {public_url(repo)}")
     return out.split()[0]
 
 
-def checkout(repo: str, commit: str, dest: Path) -> str:
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def mirror(repo: str, cache_dir: Path) -> Path:
+    """A bare mirror of `repo`'s branches under cache_dir/git, fetched now (only what is new travels)."""
+    path = Path(cache_dir) / "git" / (hashlib.sha256(repo.encode()).hexdigest()[:16] + ".git")
+    if not (path / "HEAD").exists():
+        with atomic_dir(path, keep_existing=True) as staging:
+            _git("init", "-q", "--bare", str(staging))
+    with _locked(path / "modelship.lock"):
+        _remote("fetch", repo, "--quiet", "--prune", "--no-tags", repo, "+refs/heads/*:refs/heads/*", cwd=path,
+                timeout=600)  # fmt: skip
+    return path
+
+
+def branch_history(repo: str, branch: str, cache_dir: Path, limit: int = 500) -> list[str]:
+    """The commits of `branch`, newest first, along its first-parent line (what the branch *was*, in order)."""
+    local = mirror(repo, cache_dir)
+    try:
+        out = _git("rev-list", "--first-parent", f"--max-count={limit}", f"refs/heads/{branch}", cwd=local,
+                   error=CommitNotFound)  # fmt: skip
+    except CommitNotFound:
+        raise CommitNotFound(f"branch {branch!r} not found in {public_url(repo)}") from None
+    return out.split()
+
+
+def checkout(repo: str, commit: str, dest: Path, cache_dir: Path | None = None) -> str:
     """A clean checkout of exactly `commit` at `dest` (created); returns the full commit sha.
 
-    A commit that is not in the repository fails with a message naming it, and leaves nothing at dest.
+    With a cache folder the repository's mirror there is fetched (incrementally) and checked out from;
+    without one, the remote is fetched whole. A commit that is not in the repository fails with a message
+    naming it, and leaves nothing at dest.
     """
     if not _SHA.match(commit):
-        raise SourceError(f"commit {commit!r} is not a commit sha (7 to 40 hex digits)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+        raise CommitNotFound(f"commit {commit!r} is not a commit sha (7 to 40 hex digits)")
+    source = str(mirror(repo, cache_dir)) if cache_dir is not None else repo
+    with atomic_dir(dest) as tmp:
         _git("init", "-q", str(tmp))
-        _git("fetch", "-q", "--no-tags", repo, "+refs/heads/*:refs/remotes/origin/*", cwd=tmp, timeout=600)
+        if cache_dir is not None:
+            _git("fetch", "-q", "--no-tags", source, "+refs/heads/*:refs/remotes/origin/*", cwd=tmp, timeout=600)
+        else:
+            _remote("fetch", repo, "-q", "--no-tags", repo, "+refs/heads/*:refs/remotes/origin/*", cwd=tmp, timeout=600)
         try:
             full = _git("rev-parse", "--verify", f"{commit}^{{commit}}", cwd=tmp).strip()
         except SourceError:
-            raise SourceError(f"commit {commit} is not in {repo}") from None
+            raise CommitNotFound(f"commit {commit} is not in {public_url(repo)}") from None
         _git("-c", "advice.detachedHead=false", "checkout", "-q", full, cwd=tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("checked out %s of %s into %s", full[:12], repo, dest)
+    log.info("checked out %s of %s into %s", full[:12], public_url(repo), dest)
     return full
 
 
@@ -112,10 +184,10 @@ class NewCommitTrigger(BaseEventTrigger):
             try:
                 commit = await asyncio.to_thread(head_commit, self.repo, self.branch)
             except SourceError as exc:
-                self.log.warning("cannot read %s@%s (will retry): %s", self.repo, self.branch, exc)
+                self.log.warning("cannot read %s@%s (will retry): %s", public_url(self.repo), self.branch, exc)
             else:
                 if commit != await self._last_seen():
                     self.log.info("new commit on %s: %s", self.branch, commit)
                     await self._remember(commit)
-                    yield TriggerEvent({"commit": commit, "repo": self.repo, "branch": self.branch})
+                    yield TriggerEvent({"commit": commit, "repo": public_url(self.repo), "branch": self.branch})
             await asyncio.sleep(self.poll_interval)

@@ -17,7 +17,9 @@ import pytest
 
 from devstack import components
 from modelpkg.manifest import manifest_sha256, read_manifest, write_manifest
+from modelship.lineage import ValidatedModel
 from modelship.model_store import BlobModelStore, LocalModelStore, ModelStore
+from modelship.tasks import step
 from modelship.validation import GateFailed, run_promote, run_validate, validate_model
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
@@ -54,13 +56,13 @@ def params(**overrides: Any) -> dict[str, Any]:
 def test_a_good_model_passes_and_reports_its_identity(local_store: ModelStore, trained: dict[str, Path]) -> None:
     local_store.publish(trained["good"])
     result = validate_model(local_store, "digits", "v1", 0.95, must_beat_promoted=True, alias="production")
-    assert result == {
-        "name": "digits",
-        "version": "v1",
-        "sha256": manifest_sha256(trained["good"]),
-        "accuracy": read_manifest(trained["good"])["metrics"]["accuracy"],  # measured again, same number
-        "promoted_before": None,
-    }
+    assert result == ValidatedModel(
+        name="digits",
+        version="v1",
+        sha256=manifest_sha256(trained["good"]),
+        accuracy=read_manifest(trained["good"])["metrics"]["accuracy"],  # measured again, same number
+        promoted_before=None,
+    )
 
 
 def test_the_minimum_accuracy_gate_names_itself_and_the_margin(
@@ -88,25 +90,27 @@ def test_must_beat_promoted_compares_with_the_promoted_manifest(
         f"model digits v1: accuracy {accuracy:.4f} does not beat promoted v0 (0.9990) by {accuracy - 0.999:.4f}"
     )
     # Off by default, and re-validating the promoted version itself never fails for not beating itself.
-    assert validate_model(local_store, "digits", "v1", 0.95, False, "production")["promoted_before"] == "v0"
+    assert validate_model(local_store, "digits", "v1", 0.95, False, "production").promoted_before == "v0"
     local_store.promote("digits", "v1")
-    assert validate_model(local_store, "digits", "v1", 0.95, True, "production")["promoted_before"] == "v1"
+    assert validate_model(local_store, "digits", "v1", 0.95, True, "production").promoted_before == "v1"
 
 
 def test_task_bodies_fail_without_retry_on_verdicts(local_store: ModelStore, trained: dict[str, Path]) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
+    # The task bodies as the DAG wraps them: modelship.tasks.step maps verdicts to a failure without retry.
+    validate, promote = step(run_validate), step(run_promote)
     with pytest.raises(AirflowFailException, match=r"param 'version' is required"):
-        run_validate(params(version=""), store=local_store)
+        validate(params(version=""), store=local_store)
     with pytest.raises(AirflowFailException, match=r"ModelNotFound: model digits has no version or alias 'v1'"):
-        run_validate(params(version="v1"), store=local_store)
+        validate(params(version="v1"), store=local_store)
 
     local_store.publish(trained["good"])
-    validated = run_validate(params(version="v1"), store=local_store)
+    validated = validate(params(version="v1"), store=local_store)  # JSON, as it travels in XCom
     local_store.publish(trained["bad"])
     local_store.promote("digits", "bad1")  # someone moves the alias between validate and promote
     with pytest.raises(AirflowFailException, match=r"alias digits:production moved from nothing to bad1"):
-        run_promote(validated, alias="production", store=local_store)
+        promote(validated, alias="production", store=local_store)
     assert local_store.read_alias("digits", "production")["version"] == "bad1"
 
 

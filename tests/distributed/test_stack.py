@@ -23,7 +23,7 @@ def test_a_worker_renders_the_kubernetes_release_with_the_images_kubectl(stack) 
     name (k8s/ is mounted), and the target pins the image by digest and writes the lineage annotations."""
     import json
 
-    from modelship.deploy.kubernetes import ANN_COMMIT, ANN_MODEL_VERSION
+    from modelship.lineage import ANN_COMMIT, ANN_MODEL_VERSION
 
     image = "registry.example/modelship/digits-app@sha256:" + "0" * 64
     script = (

@@ -31,13 +31,19 @@ def pipeline_env(
 ) -> Iterator[dict[str, str]]:
     """Settings and connections for the DAGs, pointing at the session's real components."""
     state = tmp_path_factory.mktemp("modelship-state")
+    # The source: a clone of this repository whose branch `main` is this checkout's HEAD (whatever branch the
+    # checkout itself is on), so "the newest commit of the branch" is well defined and tests may add commits.
+    source = tmp_path_factory.mktemp("source") / "repo"
+    git("clone", "-q", "--no-hardlinks", str(REPO), str(source))
+    git("checkout", "-q", "-B", "main", git("rev-parse", "HEAD"), cwd=source)
     env = {
         "MODELSHIP_STATE": str(state),
         "MODELSHIP_CACHE": str(devstack.CACHE_DIR),  # wheelhouse and test venv shared with tests/plugins
         "MODELSHIP_MODEL_STORE": "wasb:e2e-models",
         "MODELSHIP_BASE_IMAGE": rootfs.BASE_IMAGE,
         "MODELSHIP_DOCKER_HOST": docker_engine.url,
-        "MODELSHIP_SOURCE_REPO": str(REPO),
+        "MODELSHIP_SOURCE_REPO": str(source),
+        "MODELSHIP_SOURCE_BRANCH": "main",
         "MODELSHIP_DOCKER_DEPLOY_PORT": str(net.free_port()),
         "AIRFLOW_CONN_MODELSHIP_BLOB": json.dumps(
             {"conn_type": "wasb", "extra": {"connection_string": azurite.connection_string}}
@@ -59,11 +65,14 @@ def pipeline_env(
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two good model versions, trained once per session (offline, from scikit-learn's digits)."""
+    """Good model versions, trained once per session (offline, from scikit-learn's digits)."""
     from training.train import train_package
 
     root = tmp_path_factory.mktemp("trained")
-    return {v: (train_package(root / v, version=v), root / v)[1] for v in ("v1", "v2")}
+    versions = ("v1", "v2", "v3", "v4")
+    for seed, version in enumerate(versions):
+        train_package(root / version, version=version, seed=seed)
+    return {version: root / version for version in versions}
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Helpers for the end-to-end tests: run a DAG with dag.test(), read back task states and Asset events."""
+"""Helpers for the end-to-end tests: run a DAG with dag.test(), read back task states and Asset events, make
+commits, and stand in for a ci run that pushed an image which turns out broken in production."""
 
 from __future__ import annotations
 
@@ -50,3 +51,45 @@ def clone_with_commit(tmp: Path, path: str, edit) -> str:
     target.write_text(edit(target.read_text()))
     git("-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qam", f"break {path}", cwd=tmp)
     return git("rev-parse", "HEAD", cwd=tmp)
+
+
+def commit_to(clone: Path, path: str, text: str) -> str:
+    """One more commit on the clone's current branch, appending `text` to `path`; its sha."""
+    target = clone / path
+    target.write_text(target.read_text() + text)
+    git("-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qam", f"edit {path}", cwd=clone)
+    return git("rev-parse", "HEAD", cwd=clone)
+
+
+def announce_image(extra: dict[str, Any]) -> None:
+    """An `image` event, as a ci run's push would emit it (for an image a test pushed itself)."""
+    from airflow.assets.manager import asset_manager
+    from airflow.models.asset import AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        asset = session.scalar(select(AssetModel).where(AssetModel.name == "image"))
+        assert asset is not None, "the image Asset is not registered: run the ci DAG once first"
+        asset_manager.register_asset_change(asset=asset, extra=extra, session=session)
+
+
+def push_broken(docker_client, registry, base_ref: str, tag: str, labels: dict[str, str]) -> str:
+    """An image built FROM `base_ref` that never becomes ready (its model folder is gone), relabelled with
+    `labels` and pushed as `tag` next to it; its digest. Healthy through the smoke test's eyes: it is the
+    image a production-only fault looks like."""
+    import io
+
+    repository = base_ref.split("@")[0]
+    docker_client.api.login(registry.username, registry.password, registry=registry.address)
+    docker_client.images.pull(base_ref)
+    label_line = " ".join(f'{k}="{v}"' for k, v in labels.items())
+    dockerfile = f"FROM {base_ref}\nENV MODEL_DIR=/nonexistent\nLABEL {label_line}\n".encode()
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=f"{repository}:{tag}", network_mode="host")
+    digest = None
+    for line in docker_client.images.push(repository, tag=tag, stream=True, decode=True):
+        assert "error" not in line, line
+        digest = (line.get("aux") or {}).get("Digest", digest)
+    assert digest
+    return digest
+

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from modelship.registry import LABEL_MODEL_SHA256, LABEL_MODEL_VERSION, LABEL_REVISION, RegistryClient
+from modelship.lineage import LABEL_MODEL_SHA256, LABEL_MODEL_VERSION, LABEL_REVISION
+from modelship.registry import RegistryClient
 from tests.e2e.pipeline import asset_events, clone_with_commit, run_dag, task_states
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.azurite]
@@ -39,16 +40,22 @@ def test_ci_pushes_an_image_whose_labels_and_asset_event_name_commit_and_model(f
     assert event["model_version"] == "v1" and event["model_sha256"] == labels[LABEL_MODEL_SHA256]
 
 
-def test_a_second_run_of_the_same_commit_and_model_pushes_nothing(first_run) -> None:
+def test_a_second_run_of_the_same_commit_and_model_pushes_nothing_and_announces_the_image(first_run) -> None:
     commit, _ = first_run
-    events_before = len(asset_events("image"))
+    events_before = asset_events("image")
     tags_before = registry_client().tags(REPOSITORY)
     dag_run = run_dag("ci", {"commit": commit})
     states = task_states(dag_run)
     assert str(dag_run.state) == "success"
-    assert states["resolve"] == "skipped" and states["push"] == "skipped", states
+    assert states["announce"] == "success" and states["checkout"] == "skipped", states
+    assert states["build"] == "skipped" and states["push"] == "skipped", states
     assert registry_client().tags(REPOSITORY) == tags_before
-    assert len(asset_events("image")) == events_before
+    # Announced again, as it is: the same digest, not rebuilt, nothing pushed (a model rollback flows on).
+    [announced] = asset_events("image")[len(events_before):]
+    pushed = [e for e in events_before if e["commit"] == commit and e["model_version"] == "v1"][-1]
+    assert announced["digest"] == pushed["digest"] and announced["rebuilt"] is False
+    assert (announced["layers_pushed"], announced["bytes_pushed"]) == (0, 0)
+    assert pushed["rebuilt"] is True and pushed["layers_pushed"] > 0 and pushed["bytes_pushed"] > 0
 
 
 def _assert_red_and_nothing_pushed(dag_run, failed_task: str, commit: str) -> None:

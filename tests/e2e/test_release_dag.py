@@ -1,92 +1,215 @@
-"""The release DAG on the docker target, end to end: v1, then v2, then a broken image that must not
-replace v2. Real images built by the ci DAG, the real registry and Docker engine."""
+"""The release DAG from the desired state, end to end on the docker target: real images built by the ci
+DAG, the real registry and Docker engine, and `modelship history | status | image` through Airflow's REST API.
+
+One story, in order (each step is a module fixture the next builds on):
+1. v1 is promoted and built: the release serves HEAD × v1.           2. v2: it serves HEAD × v2.
+3. The data scientist rolls back (promotes v1 again): ci finds HEAD × v1 already pushed and announces it
+   (nothing rebuilt, nothing pushed); the release serves the v1 image again.
+4. Two newer commits A then B; ci for B finishes first, ci for A last: the release serves B (the newest
+   commit on the branch that passed ci), not A (the last to finish).
+5. v3 is promoted and its image (B × v3) breaks in production: the release is red, B × v1 serves again, and
+   the image is quarantined. The next release is skipped naming the quarantine; no container of it is made.
+6. v4 passes ci: the next release serves it.
+The history then names every attempt, and `history --at T` is right between every pair of them.
+"""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
 import urllib.request
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.pipeline import asset_events, run_dag, task_states
+from modelship.history import parse_time
+from tests.e2e.pipeline import announce_image, asset_events, commit_to, push_broken, run_dag, task_states
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.azurite]
 
 
-def serving_version(port: str) -> dict[str, Any]:
+def serving(port: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=10) as response:
         return json.load(response)
 
 
-def modelship_status() -> dict[str, Any]:
-    cli = Path(sys.executable).parent / "modelship"
-    out = subprocess.run([str(cli), "status", "--target", "docker", "--json"], capture_output=True, text=True,
-                         env=os.environ, check=True)  # fmt: skip
-    return json.loads(out.stdout)
+def cli(*args: str, env: dict[str, str] | None = None) -> Any:
+    """`modelship ARGS --json` as a user runs it (the session's settings, plus `env`); its parsed output."""
+    binary = Path(sys.executable).parent / "modelship"
+    done = subprocess.run([str(binary), *args, "--json"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def release(**conf: Any):
+    return run_dag("release", {"target": "docker", **conf})
+
+
+def build(commit: str, expect_push: bool = True) -> dict[str, Any]:
+    """A ci run of `commit` with the model the alias names now; its `image` event."""
+    run = run_dag("ci", {"commit": commit})
+    states = task_states(run)
+    assert str(run.state) == "success", states
+    assert states["push" if expect_push else "announce"] == "success", states
+    return asset_events("image")[-1]
 
 
 @pytest.fixture(scope="module")
-def released(ci_v1, pipeline_env: dict[str, str], trained: dict[str, Path]):
-    """Release v1; then promote model v2, build it with ci and release it. Returns both CI image events."""
-    commit, ci_run = ci_v1
-    assert str(ci_run.state) == "success"
-    first = run_dag("release", {"target": "docker"})
-    assert str(first.state) == "success", task_states(first)
-    v1_event = asset_events("deployment")[-1]
-    v1_version = serving_version(pipeline_env["MODELSHIP_DOCKER_DEPLOY_PORT"])
-
+def story(ci_v1, pipeline_env, trained, tmp_path_factory, docker_client, registry) -> dict[str, Any]:
     from modelship.model_store import open_store
 
+    port = pipeline_env["MODELSHIP_DOCKER_DEPLOY_PORT"]
+    commit, ci_run = ci_v1
+    assert str(ci_run.state) == "success", task_states(ci_run)
     store = open_store()
-    store.publish(trained["v2"])
-    store.promote("digits", "v2", "production")
-    ci_v2 = run_dag("ci", {"commit": commit})
-    assert str(ci_v2.state) == "success", task_states(ci_v2)
-    second = run_dag("release", {"target": "docker"})
-    assert str(second.state) == "success", task_states(second)
-    yield {"commit": commit, "v1_event": v1_event, "v1_version": v1_version, "image": asset_events("image")[-1]}
-    import docker
+    out: dict[str, Any] = {"commit": commit, "served": []}
 
-    client = docker.DockerClient(base_url=pipeline_env["MODELSHIP_DOCKER_HOST"])
-    for container in client.containers.list(all=True, filters={"label": "io.modelship.role=app"}):
+    def released(name: str, **conf: Any):
+        run = release(**conf)
+        out["served"].append((name, run.run_id, serving(port)))
+        return run
+
+    # 1-2. v1, then v2.
+    out["v1_image"] = [e for e in asset_events("image") if e["commit"] == commit and e["model_version"] == "v1"][-1]
+    assert str(released("v1").state) == "success"
+    store.publish(trained["v2"])
+    store.promote("digits", "v2")
+    out["v2_image"] = build(commit)
+    assert str(released("v2").state) == "success"
+
+    # 3. The rollback: v1 promoted again, announced by ci without a rebuild.
+    store.promote("digits", "v1")
+    out["v1_announced"] = build(commit, expect_push=False)
+    out["v1_again"] = released("v1 again")
+
+    # 4. Two newer commits; the older one's ci run finishes last.
+    source = Path(pipeline_env["MODELSHIP_SOURCE_REPO"])
+    older = commit_to(source, "README.md", "\nA newer commit (A).\n")
+    newer = commit_to(source, "README.md", "\nThe newest commit (B).\n")
+    out["newer_image"] = build(newer)
+    out["older_image"] = build(older)
+    out["newest"] = released("B × v1 (A finished last)")
+    out["older"], out["newer"] = older, newer
+
+    # 5. v3's image breaks in production (it passed ci: it stands in for such an image here).
+    store.publish(trained["v3"])
+    store.promote("digits", "v3")
+    v3_sha = store.manifest_sha256("digits", "v3")
+    base = f"{out['newer_image']['repository']}@{out['newer_image']['digest']}"
+    tag = f"{newer[:12]}-v3"
+    labels = {"io.modelship.model.version": "v3", "io.modelship.model.sha256": v3_sha}
+    broken = push_broken(docker_client, registry, base, tag, labels)
+    announce_image({**out["newer_image"], "tag": tag, "digest": broken, "model_version": "v3", "model_sha256": v3_sha})
+    out["broken"] = broken
+    out["broken_run"] = released("broken v3")
+    since = datetime.now()
+    out["skipped_run"] = released("v3 quarantined: skipped")
+    out["containers_created"] = [
+        e for e in docker_client.events(since=since, until=datetime.now(), decode=True, filters={"event": "create"})
+    ]
+
+    # 6. A fixed v4 passes ci and goes out.
+    store.publish(trained["v4"])
+    store.promote("digits", "v4")
+    out["v4_image"] = build(newer)
+    out["v4_run"] = released("v4")
+    yield out
+    for container in docker_client.containers.list(all=True, filters={"label": "io.modelship.role=app"}):
         container.remove(force=True)
 
 
-def test_release_deploys_the_newest_image_that_passed_ci(released, pipeline_env) -> None:
-    assert released["v1_version"]["model"]["version"] == "v1"
-    assert released["v1_version"]["commit"] == released["commit"]
-    assert released["v1_event"]["model_version"] == "v1"
-    now = serving_version(pipeline_env["MODELSHIP_DOCKER_DEPLOY_PORT"])
-    assert now["model"]["version"] == "v2" and now["commit"] == released["commit"]
-    event = asset_events("deployment")[-1]
-    assert event["image_digest"] == released["image"]["digest"]
-    assert event["model_version"] == "v2" and event["target"] == "docker"
+def test_release_serves_the_desired_state_v1_then_v2(story) -> None:
+    (_, _, v1), (_, _, v2) = story["served"][:2]
+    assert (v1["commit"], v1["model"]["version"]) == (story["commit"], "v1")
+    assert (v2["commit"], v2["model"]["version"]) == (story["commit"], "v2")
 
 
-def test_a_broken_image_leaves_v2_serving_and_the_run_red(released, pipeline_env, docker_client, registry) -> None:
-    # Same lineage labels as v2 (it is built FROM it) but the app cannot find its model: never ready.
-    image = released["image"]
-    base = f"{image['repository']}@{image['digest']}"
-    docker_client.api.login(registry.username, registry.password, registry=registry.address)
-    docker_client.images.pull(base)
-    dockerfile = f"FROM {base}\nENV MODEL_DIR=/nonexistent\n".encode()
-    broken, _ = docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=f"{image['repository']}:broken",
-                                           network_mode="host")  # fmt: skip
-    for line in docker_client.images.push(image["repository"], tag="broken", stream=True, decode=True):
-        assert "error" not in line, line
-    events_before = len(asset_events("deployment"))
+def test_a_model_rollback_reaches_production_without_a_rebuild(story) -> None:
+    announced, first = story["v1_announced"], story["v1_image"]
+    assert announced["digest"] == first["digest"] and announced["rebuilt"] is False
+    assert (announced["layers_pushed"], announced["bytes_pushed"]) == (0, 0)
+    run = story["v1_again"]
+    assert str(run.state) == "success"
+    _, _, now = story["served"][2]
+    assert (now["commit"], now["model"]["version"]) == (story["commit"], "v1")
+    [record] = [r for r in records() if r["run_id"] == run.run_id]
+    assert record["image_digest"] == first["digest"] and record["outcome"] == "deployed"
 
-    run = run_dag("release", {"target": "docker", "image": f"{image['repository']}:broken"})
+
+def test_ci_runs_that_finish_out_of_order_cannot_ship_an_older_commit(story) -> None:
+    assert asset_events("image").index(story["older_image"]) > asset_events("image").index(story["newer_image"])
+    _, _, now = story["served"][3]
+    assert now["commit"] == story["newer"] and now["model"]["version"] == "v1"
+
+
+def test_a_broken_image_is_rolled_back_quarantined_and_not_tried_again(story, pipeline_env) -> None:
+    run = story["broken_run"]
     states = task_states(run)
     assert str(run.state) == "failed" and states["deploy"] == "failed", states
-    now = serving_version(pipeline_env["MODELSHIP_DOCKER_DEPLOY_PORT"])
-    assert now["model"]["version"] == "v2" and now["commit"] == released["commit"]
-    assert len(asset_events("deployment")) == events_before
-    status = modelship_status()
-    assert status["model_version"] == "v2" and status["image_digest"] == image["digest"], status
+    assert states["record"] == "success" and states["quarantine"] == "success", states
+    _, _, after = story["served"][4]
+    assert after["commit"] == story["newer"] and after["model"]["version"] == "v1"  # what served before
+    [held] = [e for e in asset_events("quarantine") if e["digest"] == story["broken"]]
+    assert held["action"] == "quarantined" and held["run_id"] == run.run_id
+    assert "failed" in held["reason"] and "keeps serving" in held["reason"], held["reason"]
+
+    skipped = story["skipped_run"]
+    assert str(skipped.state) == "success"
+    assert task_states(skipped) == {"select_image": "skipped", "deploy": "skipped", "record": "skipped",
+                                    "quarantine": "skipped"}  # fmt: skip
+    _, _, still = story["served"][5]
+    assert still == after
+    assert story["containers_created"] == []  # no container of the quarantined image (nor any other) was made
+
+
+def test_a_fixed_version_after_the_quarantine_is_released(story) -> None:
+    assert str(story["v4_run"].state) == "success"
+    _, _, now = story["served"][6]
+    assert now["commit"] == story["newer"] and now["model"]["version"] == "v4"
+    assert story["v4_image"]["digest"] != story["broken"]
+
+
+def records() -> list[dict[str, Any]]:
+    return [e for e in asset_events("deployments") if e.get("target") == "docker"]
+
+
+def test_every_attempt_is_on_record_with_its_outcome_times_and_run(story) -> None:
+    mine = {run_id for _, run_id, _ in story["served"]}
+    ours = [r for r in records() if r["run_id"] in mine]
+    assert [(r["model_version"], r["outcome"]) for r in ours] == [
+        ("v1", "deployed"), ("v2", "deployed"), ("v1", "deployed"), ("v1", "deployed"), ("v3", "rolled_back"),
+        ("v4", "deployed"),
+    ]  # fmt: skip
+    assert ours[3]["commit"] == story["newer"] and ours[4]["image_digest"] == story["broken"]
+    assert ours[4]["serving_after"]["commit"] == story["newer"] and ours[4]["serving_after"]["model_version"] == "v1"
+    for r in ours:
+        assert parse_time(r["started_at"]) <= parse_time(r["ended_at"]), r
+
+
+def test_history_says_what_served_at_any_time_rollbacks_included(story, airflow_rest) -> None:
+    mine = {run_id for _, run_id, _ in story["served"]}
+    timeline = [r for r in cli("history", "--target", "docker", env=airflow_rest) if r["run_id"] in mine]
+    assert [r["model_version"] for r in timeline] == ["v1", "v2", "v1", "v1", "v3", "v4"]
+    # Between every pair of records, and after the last: what /version said then (the story's own record).
+    observed = [seen for name, _, seen in story["served"] if "skipped" not in name]
+    ends = [parse_time(r["ended_at"]) for r in timeline]
+    for i, (end, seen) in enumerate(zip(ends, observed, strict=True)):
+        at = end + (ends[i + 1] - end) / 2 if i + 1 < len(ends) else end + timedelta(seconds=1)
+        answer = cli("history", "--target", "docker", "--at", at.isoformat(), env=airflow_rest)["serving"]["docker"]
+        assert (answer["commit"], answer["model_version"]) == (seen["commit"], seen["model"]["version"]), (i, at)
+
+
+def test_status_and_the_quarantine_list_through_the_rest_api(story, airflow_rest) -> None:
+    status = cli("status", "--target", "docker", env=airflow_rest)
+    assert status["model_version"] == "v4" and status["desired"]["in_desired_state"] is True, status
+    held = cli("image", "quarantined", env=airflow_rest)
+    assert story["broken"] in {q["digest"] for q in held}
+    lifted = cli("image", "release-quarantine", story["broken"][:19], env=airflow_rest)
+    assert lifted["action"] == "released" and lifted["digest"] == story["broken"]
+    # The lift is an Asset event too: the next release may deploy the image again.
+    assert story["broken"] not in {q["digest"] for q in cli("image", "quarantined", env=airflow_rest)}

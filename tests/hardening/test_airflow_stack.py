@@ -30,7 +30,8 @@ import devstack
 from devstack import components, rootfs
 from modelpkg.manifest import manifest_sha256
 from modelship import images, net
-from modelship.registry import LABEL_MODEL_SHA256, LABEL_MODEL_VERSION, LABEL_REVISION, RegistryClient
+from modelship.lineage import LABEL_MODEL_SHA256, LABEL_MODEL_VERSION, LABEL_REVISION
+from modelship.registry import RegistryClient
 from tests.e2e.pipeline import REPO
 from tests.hardening.support import AirflowClient, AirflowStack, image_leaks, leaks, quick_commits
 from tests.plugins.deploy_fixtures import Standin, build_standin
@@ -114,7 +115,7 @@ def world(
         # What the release deploys while the two ci runs build: an image already in the registry.
         standin = build_standin(docker_client, "modelship-hardening/standin:release", "hardening-release")
         digest = images.push_image(docker_client, standin.id, REPOSITORY, "standin-release",
-                                   registry_conn="modelship_registry")  # fmt: skip
+                                   registry_conn="modelship_registry").digest  # fmt: skip
     deploy_port = net.free_port()
     env = {
         **connections,

@@ -15,6 +15,7 @@ tests: every test here brings them back in `finally`.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import urllib.request
@@ -90,7 +91,7 @@ def test_ci_push_with_the_registry_down_retries_then_fails_and_pushes_nothing(
     dag.task_dict["push"].retries = 1
     dag.task_dict["push"].retry_delay = timedelta(seconds=1)
     try:
-        with log_messages("modelship.registry") as retries:
+        with log_messages("modelship.images", logging.WARNING) as retries:
             run = dag.test(run_conf={"commit": commit})
     finally:
         registry.start()
@@ -218,7 +219,7 @@ def test_engine_down_during_a_release_fails_retryably_and_the_old_version_comes_
         assert wait_serving(port) == v1.commit
         # The retry, now that the engine is back, goes through and is verified.
         event = DockerTarget(docker_host=docker_engine.url, port=port, ready_timeout=20).deploy(v2.tag, v2.lineage())
-        assert event["commit"] == v2.commit and serving_commit(port) == v2.commit
+        assert event.commit == v2.commit and serving_commit(port) == v2.commit
     finally:
         for container in docker_client.containers.list(all=True, filters={"label": f"io.modelship.port={port}"}):
             container.remove(force=True)

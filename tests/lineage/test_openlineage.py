@@ -1,10 +1,11 @@
 """Each modelship run's inputs and outputs appear as OpenLineage datasets naming the exact artifact.
 
-The mapping from what a task returns to datasets is tested directly for every shape the DAGs return
-(fast, no Airflow). One real model_refresh run with `airflow dags test`, the provider's file transport
-and the extractor configured the way `make up` configures them, proves the wiring: the events file
-read back names the model version and its manifest sha256. It runs in a subprocess because the provider
-decides at import whether it is enabled, and the rest of the session imports Airflow unconfigured.
+The mapping from what a task returns (a modelship.lineage artifact, as JSON with its `kind`) to datasets is
+tested directly for every artifact the DAGs return (fast, no Airflow). One real model_refresh run with
+`airflow dags test`, the provider's file transport and the extractor configured the way `make up` configures
+them, proves the wiring: the events file read back names the model version and its manifest sha256. It runs in
+a subprocess because the provider decides at import whether it is enabled, and the rest of the session imports
+Airflow unconfigured.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def facet(dataset, key: str = "modelship") -> dict[str, Any]:
 
 def test_push_reads_the_commit_and_model_and_writes_the_image_by_digest(settings: Settings) -> None:
     pushed = {
-        "repository": "127.0.0.1:5000/modelship/digits-app", "tag": "0123456789ab-v1", "digest": DIGEST,
-        "commit": COMMIT, "model_version": "v1", "model_sha256": MODEL_SHA,
+        "kind": "image", "repository": "127.0.0.1:5000/modelship/digits-app", "tag": "0123456789ab-v1",
+        "digest": DIGEST, "commit": COMMIT, "model_version": "v1", "model_sha256": MODEL_SHA,
     }  # fmt: skip
     lineage = lineage_of(pushed, settings)
     assert names(lineage.inputs) == [("git:///srv/git/app", COMMIT), ("modelstore://wasb/models", "digits/v1")]
@@ -64,8 +65,9 @@ def test_push_reads_the_commit_and_model_and_writes_the_image_by_digest(settings
 
 def test_deploy_reads_the_image_and_writes_the_deployment(settings: Settings) -> None:
     event = {
-        "target": "docker", "image_digest": DIGEST, "image": f"127.0.0.1:5000/modelship/digits-app@{DIGEST}",
-        "commit": COMMIT, "model_version": "v2", "revision": "c0ffee123456",
+        "kind": "deployment", "target": "docker", "image_digest": DIGEST,
+        "image": f"127.0.0.1:5000/modelship/digits-app@{DIGEST}", "commit": COMMIT, "model_version": "v2",
+        "revision": "c0ffee123456",
     }  # fmt: skip
     lineage = lineage_of(event, settings)
     assert names(lineage.inputs) == [("docker://127.0.0.1:5000", f"modelship/digits-app@{DIGEST}")]
@@ -77,8 +79,8 @@ def test_deploy_reads_the_image_and_writes_the_deployment(settings: Settings) ->
 
 def test_select_image_reads_the_image_only(settings: Settings) -> None:
     selected = {
-        "image": f"127.0.0.1:5000/modelship/digits-app@{DIGEST}", "digest": DIGEST, "commit": COMMIT,
-        "model_name": "digits", "model_version": "v1", "model_sha256": MODEL_SHA,
+        "kind": "release_image", "image": f"127.0.0.1:5000/modelship/digits-app@{DIGEST}", "digest": DIGEST,
+        "commit": COMMIT, "model_name": "digits", "model_version": "v1", "model_sha256": MODEL_SHA,
     }  # fmt: skip
     lineage = lineage_of(selected, settings)
     assert names(lineage.inputs) == [("docker://127.0.0.1:5000", f"modelship/digits-app@{DIGEST}")]
@@ -87,7 +89,7 @@ def test_select_image_reads_the_image_only(settings: Settings) -> None:
 
 def test_ci_candidate_reads_the_commit_and_the_model(settings: Settings) -> None:
     candidate = {
-        "commit": COMMIT, "model_name": "digits", "model_version": "v3", "model_sha256": MODEL_SHA,
+        "kind": "build", "commit": COMMIT, "model_name": "digits", "model_version": "v3", "model_sha256": MODEL_SHA,
         "tag": "0123456789ab-v3", "repository": "127.0.0.1:5000/modelship/digits-app", "workspace": "/w",
         "already_pushed": None,
     }  # fmt: skip
@@ -97,15 +99,16 @@ def test_ci_candidate_reads_the_commit_and_the_model(settings: Settings) -> None
 
 
 def test_model_refresh_validate_reads_and_promote_writes_the_version(settings: Settings) -> None:
-    validated = {"name": "digits", "version": "v1", "sha256": MODEL_SHA, "accuracy": 0.97, "promoted_before": None}
-    promoted = {"name": "digits", "version": "v1", "sha256": MODEL_SHA, "accuracy": 0.97}
+    validated = {"kind": "validated_model", "name": "digits", "version": "v1", "sha256": MODEL_SHA, "accuracy": 0.97,
+                 "promoted_before": None}  # fmt: skip
+    promoted = {"kind": "model", "name": "digits", "version": "v1", "sha256": MODEL_SHA, "accuracy": 0.97}
     assert names(lineage_of(validated, settings).inputs) == [("modelstore://wasb/models", "digits/v1")]
     out = lineage_of(promoted, settings)
     assert (out.inputs, names(out.outputs)) == ([], [("modelstore://wasb/models", "digits/v1")])
     assert facet(out.outputs[0])["accuracy"] == 0.97
 
 
-@pytest.mark.parametrize("value", [None, "text", 3, {"unrelated": 1}, ["a"]])
+@pytest.mark.parametrize("value", [None, "text", 3, {"unrelated": 1}, ["a"], {"kind": "nope", "commit": COMMIT}])
 def test_anything_else_has_no_datasets(settings: Settings, value: Any) -> None:
     lineage = lineage_of(value, settings)
     assert (lineage.inputs, lineage.outputs) == ([], [])

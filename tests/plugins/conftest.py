@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from devstack import components
-from modelship.model_store import BlobModelStore, LocalModelStore, ModelStore, Retry
+from modelship.model_store import BlobModelStore, LocalModelStore, ModelStore
+from modelship.retry import Policy
 
 BLOB_CONN_ID = "modelship_test_blob"
-DEFAULT_RETRY = Retry()
+DEFAULT_RETRY = Policy()
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +63,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     if request.param == "local":
         root = tmp_path / "store"
 
-        def make(cache: Path | None = None, retry_policy: Retry = DEFAULT_RETRY) -> ModelStore:
+        def make(cache: Path | None = None, retry_policy: Policy = DEFAULT_RETRY) -> ModelStore:
             return LocalModelStore(root, cache_dir=cache, retry_policy=retry_policy)
 
         return make
@@ -70,7 +71,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     conn_id = request.getfixturevalue("blob_env")
     container = new_container()
 
-    def make_blob(cache: Path | None = None, retry_policy: Retry = DEFAULT_RETRY) -> ModelStore:
+    def make_blob(cache: Path | None = None, retry_policy: Policy = DEFAULT_RETRY) -> ModelStore:
         return BlobModelStore(container, conn_id, cache_dir=cache, retry_policy=retry_policy)
 
     return make_blob

@@ -63,12 +63,12 @@ def test_v2_replaces_v1_on_the_fixed_port(v2_serving, port: int, docker_client) 
     v1, v2, first, second = v2_serving
     answer = serving(port)
     assert answer["commit"] == v2.commit and answer["model"]["version"] == v2.model_version
-    assert second["commit"] == v2.commit and second["model_version"] == v2.model_version
-    assert second["image_digest"] == v2.id and second["target"] == "docker"
+    assert second.commit == v2.commit and second.model_version == v2.model_version
+    assert second.image_digest == v2.id and second.target == "docker"
     # v1's container is gone, and no candidate was left behind.
     containers = modelship_containers(docker_client)
     assert [c.name for c in containers] == [f"modelship-app-{v2.id.split(':')[1][:12]}"]
-    assert containers[0].id.startswith(second["revision"])
+    assert containers[0].id.startswith(second.revision)
 
 
 def test_the_serving_container_is_locked_down_and_labelled(v2_serving, docker_client, port: int) -> None:
@@ -98,7 +98,7 @@ def test_status_answers_from_the_engine(v2_serving, target: DockerTarget, docker
     status = DockerTarget(docker_host=docker_engine.url, port=port).status()
     assert status["serving"] is True
     assert status["commit"] == v2.commit and status["model_version"] == v2.model_version
-    assert status["image_digest"] == v2.id and status["revision"] == second["revision"]
+    assert status["image_digest"] == v2.id and status["revision"] == second.revision
     assert status["since"]
 
 
@@ -112,7 +112,7 @@ def test_redeploying_the_serving_image_leaves_it_alone(v2_serving, target: Docke
     before = the_serving_container(docker_client)
     again = target.deploy(v2.tag, v2.lineage())
     after = the_serving_container(docker_client)
-    assert again["revision"] == second["revision"]
+    assert again.revision == second.revision
     assert after.id == before.id and after.attrs["State"]["StartedAt"] == before.attrs["State"]["StartedAt"]
 
 

@@ -28,21 +28,24 @@ from devstack import components
 from modelship import net
 from modelship.deploy import DeploymentFailed
 from modelship.deploy.kubernetes import (
-    ANN_COMMIT,
-    ANN_DEPLOYED_AT,
-    ANN_IMAGE_DIGEST,
-    ANN_MODEL_SHA256,
-    ANN_MODEL_VERSION,
     REVISION,
     KubernetesTarget,
     RenderFailed,
     RolloutFailed,
-    _dockerconfigjson,
+    dockerconfigjson,
     pin_and_annotate,
     previous_replica_set,
     rollout_state,
     summarize_pods,
     undo_patch,
+)
+from modelship.lineage import (
+    ANN_COMMIT,
+    ANN_DEPLOYED_AT,
+    ANN_IMAGE_DIGEST,
+    ANN_MODEL_SHA256,
+    ANN_MODEL_VERSION,
+    DeploymentEvent,
 )
 from tests.logcapture import log_messages
 
@@ -325,11 +328,11 @@ def test_render_failure_says_what_kustomize_said(tmp_path: Path) -> None:
 
 
 def test_pull_secret_config_names_the_registry_the_way_the_kubelet_looks_it_up() -> None:
-    server, raw = _dockerconfigjson("https://reg.example:5000/", None, "bot", "s3cret")
+    server, raw = dockerconfigjson("https://reg.example:5000/", None, "bot", "s3cret")
     assert server == "reg.example:5000"
     auths = json.loads(raw)["auths"]
     assert base64.b64decode(auths["reg.example:5000"]["auth"]) == b"bot:s3cret"
-    assert _dockerconfigjson("127.0.0.1", 5001, "u", "p")[0] == "127.0.0.1:5001"
+    assert dockerconfigjson("127.0.0.1", 5001, "u", "p")[0] == "127.0.0.1:5001"
 
 
 # --- the real cluster (opt-in) ------------------------------------------------------------------------------
@@ -442,16 +445,16 @@ def assert_v2_serves(target: KubernetesTarget, released: dict[str, Any]) -> None
 @pytest.mark.k8s
 def test_first_release_serves_v1_and_the_pods_say_so_through_the_api_server(released) -> None:
     v1, first, status = released["v1"], released["first"], released["first_status"]
-    assert first == {"target": "kubernetes", "image_digest": released["v1_ref"].split("@")[1],
-                     "image": released["v1_ref"], "commit": v1.commit, "model_version": v1.model_version,
-                     "revision": "1"}  # fmt: skip
+    assert first == DeploymentEvent(target="kubernetes", image_digest=released["v1_ref"].split("@")[1],
+                                    image=released["v1_ref"], commit=v1.commit, model_version=v1.model_version,
+                                    revision="1", model_sha256=v1.model_sha256)  # fmt: skip
     assert status["revision"] == 1 and status["commit"] == v1.commit and status["model_version"] == v1.model_version
     assert status["model_sha256"] == v1.model_sha256 and status["since"]
 
 
 @pytest.mark.k8s
 def test_second_release_is_a_new_revision_and_each_revision_keeps_its_lineage(released, target) -> None:
-    assert released["second"]["revision"] == "2"
+    assert released["second"].revision == "2"
     assert_v2_serves(target, released)
     sets = target.hook.apps_v1_client.list_namespaced_replica_set(target.namespace).items
     by_revision = {int(rs.metadata.annotations[REVISION]): rs.metadata.annotations for rs in sets}
@@ -489,7 +492,7 @@ def test_applying_the_same_release_again_changes_nothing(released, target) -> No
     applied = target.apply(objects)
     assert [o.metadata.generation for o in applied if o.kind == "Deployment"] == [before.metadata.generation]
     again = target.deploy(released["v2_ref"], released["v2"].lineage(), timeout=60)
-    assert again["revision"] == "2"
+    assert again.revision == "2"
     assert target.status()["since"] == since
     assert len(apps.list_namespaced_replica_set(target.namespace).items) == 2
 
@@ -543,7 +546,7 @@ def test_a_deploy_waits_for_pods_of_an_earlier_rollout_that_are_still_terminatin
         took = time.monotonic() - started
     assert any("waiting for terminating pods" in m and "held-terminating" in m for m in messages), messages
     assert took >= release_after, took
-    assert event["commit"] == released["v2"].commit
+    assert event.commit == released["v2"].commit
     assert_v2_serves(target, released)
 
 

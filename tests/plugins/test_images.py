@@ -22,7 +22,8 @@ import pytest
 from devstack import rootfs
 from modelpkg.manifest import manifest_sha256
 from modelship import images
-from modelship.registry import LABEL_MODEL_SHA256, LABEL_MODEL_VERSION, LABEL_REVISION, RegistryClient
+from modelship.lineage import LABEL_MODEL_SHA256, LABEL_MODEL_VERSION, LABEL_REVISION
+from modelship.registry import RegistryClient
 from tests.logcapture import log_messages
 
 pytest_plugins = ["images_fixtures"]
@@ -305,7 +306,7 @@ def test_smoke_test_catches_a_corrupted_model(app_build, model_package, docker_c
 @pytest.mark.registry
 def test_push_returns_the_digest_the_registry_reports(app_build, docker_engine, reg_conn, model_package):
     hook = images.docker_hook(reg_conn, docker_engine.url)
-    digest = images.push_image(hook, app_build["image"].id, "modelship-test/app", "c1-1", registry_conn=reg_conn)
+    digest = images.push_image(hook, app_build["image"].id, "modelship-test/app", "c1-1", registry_conn=reg_conn).digest
     client = RegistryClient.from_connection(reg_conn)
     try:
         assert client.digest("modelship-test/app", "c1-1") == digest

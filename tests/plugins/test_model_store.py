@@ -26,13 +26,11 @@ from modelship.model_store import (
     ModelStore,
     ModelStoreError,
     PromotionConflict,
-    Retry,
     StoreUnavailable,
     VersionExists,
-    is_transient,
     open_store,
-    retry,
 )
+from modelship.retry import Policy, call, is_transient
 from modelship.settings import Settings
 from tests.logcapture import log_messages
 
@@ -335,14 +333,14 @@ def test_fetch_rides_out_azurite_restarting(
     assert "error" not in outcome, outcome
     assert verify_package(tmp_path / "model")["version"] == "v1"
     assert store.stats.retries >= 1
-    assert any(m.startswith("blob store unreachable (attempt 1/5), retrying in 0.5s: ") for m in messages), messages
+    assert any(m.startswith("blob store: ") and m.endswith("; retry 1/4 in 0.5s") for m in messages), messages
 
 
 @pytest.mark.azurite
 def test_store_down_for_good_fails_clearly_and_leaves_nothing(
     azurite: components.Azurite, blob_env: str, packages: dict[str, Path], tmp_path: Path
 ) -> None:
-    store = BlobModelStore(new_container(), blob_env, retry_policy=Retry(attempts=3, base=0.1))
+    store = BlobModelStore(new_container(), blob_env, retry_policy=Policy(attempts=3, base=0.1))
     store.publish(packages["v1"])
     original = store._download
 
@@ -386,15 +384,15 @@ def test_retry_backs_off_on_transient_errors_only() -> None:
             raise value
         return value
 
-    assert retry(flaky, "testing", Retry(attempts=5, base=0.5), sleep=sleeps.append) == "ok"
+    assert call(flaky, "testing", policy=Policy(attempts=5, base=0.5), sleep=sleeps.append) == "ok"
     assert sleeps == [0.5, 1.0]
-    assert Retry(base=0.5, max_delay=8).delay(10) == 8
+    assert Policy(base=0.5, max_delay=8).delay(10) == 8
 
     def precondition() -> None:
         raise ResourceModifiedError(message="412", response=_Response(412))
 
     with pytest.raises(ResourceModifiedError):
-        retry(precondition, "testing", sleep=sleeps.append)
+        call(precondition, "testing", sleep=sleeps.append)
     assert sleeps == [0.5, 1.0]  # not retried
 
 

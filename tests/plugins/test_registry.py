@@ -12,10 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from modelship import images, net
+from modelship.lineage import LABEL_MODEL_SHA256, LABEL_MODEL_VERSION, LABEL_REVISION
 from modelship.registry import (
-    LABEL_MODEL_SHA256,
-    LABEL_MODEL_VERSION,
-    LABEL_REVISION,
     RegistryAuthError,
     RegistryClient,
     RegistryError,
@@ -32,7 +30,7 @@ REPOSITORY = "modelship-test/tiny"
 @pytest.fixture(scope="module")
 def pushed(docker_engine, tiny_image, reg_conn) -> dict[str, str]:
     hook = images.docker_hook(reg_conn, docker_engine.url)
-    digest = images.push_image(hook, tiny_image.id, REPOSITORY, "v1", registry_conn=reg_conn)
+    digest = images.push_image(hook, tiny_image.id, REPOSITORY, "v1", registry_conn=reg_conn).digest
     return {"digest": digest, "tag": "v1"}
 
 
@@ -73,7 +71,7 @@ def test_pushing_again_is_idempotent_and_never_logs_the_password(
     # Our own records and the docker library's debug ones (it logs the auth config it sends).
     with log_messages("modelship.images", logging.DEBUG) as ours, log_messages("docker", logging.DEBUG) as theirs:
         # A plain docker client (no hook) gets the connection's credentials as the push's auth config.
-        digest = images.push_image(docker_client, tiny_image.id, REPOSITORY, "v1", registry_conn=reg_conn)
+        digest = images.push_image(docker_client, tiny_image.id, REPOSITORY, "v1", registry_conn=reg_conn).digest
     assert digest == pushed["digest"]
     assert any(m.startswith("pushed ") for m in ours), ours
     assert not any(registry.password in m for m in ours + theirs)

@@ -22,49 +22,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from modelship.deploy import DeploymentFailed, VerificationFailed, http_get, same_commit, verify_version
+from modelship import lineage as keys
+from modelship.deploy import DeploymentFailed
+from modelship.deploy.verify import VerificationFailed, http_get, same_commit, verify_version
+from modelship.lineage import DeploymentEvent
+from modelship.net import free_port, port_open
 
 if TYPE_CHECKING:
     from docker import APIClient
 
-    from modelship.lineage import DeploymentEvent
-
 log = logging.getLogger(__name__)
 
 NAME_PREFIX = "modelship-app-"
-ROLE = "io.modelship.role"  # "app" (serving or its stopped predecessor) | "candidate"
-COMMIT = "io.modelship.commit"
-MODEL_VERSION = "io.modelship.model.version"  # same keys as the image's labels
-MODEL_SHA256 = "io.modelship.model.sha256"
-IMAGE = "io.modelship.image"
-IMAGE_DIGEST = "io.modelship.image.digest"
-DEPLOYED_AT = "io.modelship.deployed-at"
-PORT = "io.modelship.port"  # the serving port a container belongs to (also on its candidates)
-BIND = "io.modelship.bind"  # where it listens: the serving port, or a spare one for a candidate
-OCI_REVISION = "org.opencontainers.image.revision"
 
 
 class NotReady(Exception):
     """A container exited or did not answer /readyz with 200 in time."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class DockerTarget:
@@ -110,7 +89,9 @@ class DockerTarget:
 
     def _containers(self, role: str) -> list[dict[str, Any]]:
         """This target's containers: one engine can host several targets, one per serving port."""
-        found = self.api.containers(all=True, filters={"label": [f"{ROLE}={role}", f"{PORT}={self.port}"]})
+        found = self.api.containers(
+            all=True, filters={"label": [f"{keys.CONTAINER_ROLE}={role}", f"{keys.CONTAINER_PORT}={self.port}"]}
+        )
         return list(found)
 
     def _current(self) -> dict[str, Any] | None:
@@ -118,7 +99,7 @@ class DockerTarget:
         apps = self._containers("app")
         running = [c for c in apps if c["State"] == "running"]
         pool = running or apps
-        return max(pool, key=lambda c: c["Labels"].get(DEPLOYED_AT, ""), default=None)
+        return max(pool, key=lambda c: c["Labels"].get(keys.CONTAINER_DEPLOYED_AT, ""), default=None)
 
     def status(self) -> dict[str, Any]:
         """What serves on the fixed port: image digest, commit, model version, since when (labels only)."""
@@ -132,12 +113,12 @@ class DockerTarget:
             "serving": True,
             "container": current["Names"][0].lstrip("/"),
             "revision": current["Id"][:12],
-            "image": labels.get(IMAGE),
-            "image_digest": labels.get(IMAGE_DIGEST),
-            "commit": labels.get(COMMIT),
-            "model_version": labels.get(MODEL_VERSION),
-            "model_sha256": labels.get(MODEL_SHA256),
-            "since": labels.get(DEPLOYED_AT),
+            "image": labels.get(keys.CONTAINER_IMAGE),
+            "image_digest": labels.get(keys.CONTAINER_IMAGE_DIGEST),
+            "commit": labels.get(keys.CONTAINER_COMMIT),
+            "model_version": labels.get(keys.LABEL_MODEL_VERSION),
+            "model_sha256": labels.get(keys.LABEL_MODEL_SHA256),
+            "since": labels.get(keys.CONTAINER_DEPLOYED_AT),
         }
 
     # -- building blocks ---------------------------------------------------------------------------------
@@ -166,7 +147,12 @@ class DockerTarget:
         container = self.api.create_container(
             image_id,
             name=name,
-            labels={**labels, ROLE: "app" if serving else "candidate", PORT: str(self.port), BIND: str(port)},
+            labels={
+                **labels,
+                keys.CONTAINER_ROLE: "app" if serving else "candidate",
+                keys.CONTAINER_PORT: str(self.port),
+                keys.CONTAINER_BIND: str(port),
+            },
             environment={**self.environment, "APP_BIND": f"127.0.0.1:{port}"},
             host_config=host_config,
         )
@@ -210,7 +196,7 @@ class DockerTarget:
 
     def _wait_port_free(self, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
-        while _port_open(self.port):
+        while port_open(self.port):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.2)
@@ -219,12 +205,18 @@ class DockerTarget:
     def _restore(self, previous: dict[str, Any], name: str) -> str:
         """Start the previous container again and prove it; a sentence for the failure message."""
         labels = previous["Labels"]
-        serving = f"commit {labels.get(COMMIT)} / model {labels.get(MODEL_VERSION)}"
+        serving = f"commit {labels.get(keys.CONTAINER_COMMIT)} / model {labels.get(keys.LABEL_MODEL_VERSION)}"
         try:
             if previous["Names"][0].lstrip("/") != name:
                 self.api.rename(previous["Id"], name)
             self.api.start(previous["Id"])
-            self._prove(previous["Id"], self.port, labels.get(COMMIT, ""), labels.get(MODEL_VERSION, ""), name)
+            self._prove(
+                previous["Id"],
+                self.port,
+                labels.get(keys.CONTAINER_COMMIT, ""),
+                labels.get(keys.LABEL_MODEL_VERSION, ""),
+                name,
+            )
         except Exception as exc:
             return f"rollback FAILED: {name} ({serving}) did not come back: {exc}"
         return f"rolled back: {name} serving {serving} on 127.0.0.1:{self.port} again"
@@ -240,39 +232,40 @@ class DockerTarget:
         short = digest.split(":")[-1][:12]
         name = f"{NAME_PREFIX}{short}"
         labels = {
-            COMMIT: commit,
-            MODEL_VERSION: model_version,
-            MODEL_SHA256: str(lineage.get("model_sha256") or image_labels.get(MODEL_SHA256, "")),
-            IMAGE: image,
-            IMAGE_DIGEST: digest,
-            DEPLOYED_AT: datetime.now(UTC).replace(microsecond=0).isoformat(),
+            keys.CONTAINER_COMMIT: commit,
+            keys.LABEL_MODEL_VERSION: model_version,
+            keys.LABEL_MODEL_SHA256: str(lineage.get("model_sha256") or image_labels.get(keys.LABEL_MODEL_SHA256, "")),
+            keys.CONTAINER_IMAGE: image,
+            keys.CONTAINER_IMAGE_DIGEST: digest,
+            keys.CONTAINER_DEPLOYED_AT: datetime.now(UTC).replace(microsecond=0).isoformat(),
         }
-        event: DeploymentEvent = {
-            "target": self.name,
-            "image_digest": digest,
-            "image": image,
-            "commit": commit,
-            "model_version": model_version,
-            "revision": "",
-        }
+        event = DeploymentEvent(
+            target=self.name,
+            image_digest=digest,
+            image=image,
+            commit=commit,
+            model_version=model_version,
+            revision="",
+            model_sha256=labels[keys.LABEL_MODEL_SHA256],
+        )
 
         for leftover in self._containers("candidate"):  # from a run that was killed mid-way
             self._remove(leftover["Id"])
         previous = self._current()
         running = previous is not None and previous["State"] == "running"
-        if running and previous["Labels"].get(IMAGE_DIGEST) == digest:
+        if running and previous["Labels"].get(keys.CONTAINER_IMAGE_DIGEST) == digest:
             with contextlib.suppress(NotReady, VerificationFailed):
                 self._prove(previous["Id"], self.port, commit, model_version, "serving container")
                 log.info("%s already serves %s, verified: nothing to do", previous["Names"][0], image)
-                return {**event, "revision": previous["Id"][:12]}
-        if not running and _port_open(self.port):
+                return event.replace(revision=previous["Id"][:12], changed=False)
+        if not running and port_open(self.port):
             raise DeploymentFailed(
                 f"127.0.0.1:{self.port} is taken by something that is not a modelship app container; "
                 "not deploying over it"
             )
         serving_now = (
-            f"{previous['Names'][0].lstrip('/')} (commit {previous['Labels'].get(COMMIT)} / model "
-            f"{previous['Labels'].get(MODEL_VERSION)}) keeps serving on 127.0.0.1:{self.port}"
+            f"{previous['Names'][0].lstrip('/')} (commit {previous['Labels'].get(keys.CONTAINER_COMMIT)} / model "
+            f"{previous['Labels'].get(keys.LABEL_MODEL_VERSION)}) keeps serving on 127.0.0.1:{self.port}"
             if running
             else "nothing was serving before"
         )
@@ -280,7 +273,7 @@ class DockerTarget:
         # 1. The candidate, beside the serving container.
         from docker.errors import APIError
 
-        spare = _free_port()
+        spare = free_port()
         candidate = None
         try:
             candidate = self._start(info["Id"], f"{name}-candidate", spare, labels, serving=False)
@@ -316,16 +309,19 @@ class DockerTarget:
             if old["Id"] != final:
                 self._remove(old["Id"])
         log.info("%s serves %s on 127.0.0.1:%s (commit %s, model %s)", name, image, self.port, commit, model_version)
-        return {**event, "revision": final[:12]}
+        return event.replace(revision=final[:12])
 
     @staticmethod
     def _expected(lineage: Mapping[str, Any], image_labels: Mapping[str, str], image: str) -> tuple[str, str]:
         """Commit and model version to prove: the lineage's, checked against the image's own labels."""
-        commit = str(lineage.get("commit") or image_labels.get(OCI_REVISION) or "")
-        model_version = str(lineage.get("model_version") or image_labels.get(MODEL_VERSION) or "")
+        commit = str(lineage.get("commit") or image_labels.get(keys.LABEL_REVISION) or "")
+        model_version = str(lineage.get("model_version") or image_labels.get(keys.LABEL_MODEL_VERSION) or "")
         if not commit or not model_version:
             raise ValueError(f"no commit/model version for {image}: not in the lineage nor the image labels")
-        labelled_commit, labelled_model = image_labels.get(OCI_REVISION), image_labels.get(MODEL_VERSION)
+        labelled_commit, labelled_model = (
+            image_labels.get(keys.LABEL_REVISION),
+            image_labels.get(keys.LABEL_MODEL_VERSION),
+        )
         if labelled_commit and not same_commit(commit, labelled_commit):
             raise DeploymentFailed(f"{image} is labelled commit {labelled_commit}, the lineage says {commit}")
         if labelled_model and labelled_model != model_version:

@@ -1,37 +1,13 @@
-"""The `modelship` command: what the DAGs do, from a terminal, against the same store and connections.
-
-    modelship model publish DIR [--name NAME]
-    modelship model list [NAME]
-    modelship model promote NAME VERSION [--alias production] [--expect VERSION|none]
-    modelship model fetch NAME VERSION_OR_ALIAS DEST
-    modelship model show NAME VERSION_OR_ALIAS
-    modelship status [--target T]
-    modelship connections check
-
-Every command takes --json (machine-readable output on stdout). Errors go to stderr as one line and exit
-with status 1; MODELSHIP_DEBUG=1 shows the traceback instead. The store and its credentials come from the
-same settings and Airflow connections the DAGs use (MODELSHIP_MODEL_STORE, AIRFLOW_CONN_MODELSHIP_BLOB, ...).
-
-Adding a command group: write `_add_<group>_commands(sub)` that adds one parser to `sub`, gives each of
-its commands `parents=[COMMON]` and `set_defaults(handler=...)`, and append it to COMMAND_GROUPS. A
-handler takes the parsed args and returns (data for --json, human-readable text).
-"""
+"""`modelship model …`: publish, list, promote, fetch and show model versions, against the same store and
+connections the DAGs use."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
-import sys
-from collections.abc import Callable, Sequence
 from typing import Any
 
-# Options every command accepts, so `--json` works in the same place (after the command) everywhere.
-COMMON = argparse.ArgumentParser(add_help=False)
-COMMON.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
-
-Handler = Callable[[argparse.Namespace], tuple[Any, str]]
+from modelship.cli import COMMON
 
 
 def _store() -> Any:
@@ -128,7 +104,7 @@ def _show(args: argparse.Namespace) -> tuple[Any, str]:
     return {"version": version, "sha256": sha, "aliases": aliases, "manifest": manifest}, "\n".join(lines)
 
 
-def _add_model_commands(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     model = sub.add_parser("model", help="publish, list, promote and fetch model versions")
     cmds = model.add_subparsers(dest="model_command", metavar="COMMAND", required=True)
 
@@ -158,75 +134,3 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name")
     p.add_argument("ref", metavar="VERSION_OR_ALIAS")
     p.set_defaults(handler=_show)
-
-
-# --- connections ----------------------------------------------------------------------------------------
-
-
-def _check_connections(args: argparse.Namespace) -> tuple[Any, str]:
-    """The connections the DAGs use resolve (from Airflow's secrets backends: AIRFLOW_CONN_*, the DB, a vault);
-    each is named with its type and host, never a secret."""
-    from airflow.sdk import BaseHook
-
-    from modelship.settings import Settings
-
-    settings = Settings.get()
-    found = {}
-    for conn_id in (settings.wasb_conn_id, settings.registry_conn_id):
-        conn = BaseHook.get_connection(conn_id)
-        found[conn_id] = {"type": conn.conn_type, "host": conn.host or "(in extra)"}
-    lines = [f"connection {conn_id}: type {c['type']}, host {c['host']}" for conn_id, c in found.items()]
-    return found, "\n".join(lines)
-
-
-def _add_connections_commands(sub: argparse._SubParsersAction) -> None:
-    connections = sub.add_parser("connections", help="check the Airflow connections the DAGs use")
-    cmds = connections.add_subparsers(dest="connections_command", metavar="COMMAND", required=True)
-    p = cmds.add_parser("check", parents=[COMMON], help="the model store's and registry's connections resolve")
-    p.set_defaults(handler=_check_connections)
-
-
-# Each function adds one top-level command group; append yours here.
-COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [_add_model_commands, _add_connections_commands]
-COMMAND_GROUPS.append(__import__("modelship.deploy.status", fromlist=["register"]).register)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="modelship", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in COMMAND_GROUPS:
-        register(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # Warnings and retries ("blob store unreachable ... retrying") go to stderr, so a slow command
-    # says why; routine INFO lines would only repeat the result, and stdout stays clean for --json.
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("modelship: %(message)s"))
-    logger = logging.getLogger("modelship")
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    logger.propagate = False
-    logging.getLogger("modelship.model_store.retry").setLevel(logging.INFO)
-    try:
-        data, text = args.handler(args)
-    except KeyboardInterrupt:
-        print("modelship: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a CLI answers with one line, not a traceback
-        if os.environ.get("MODELSHIP_DEBUG"):
-            raise
-        print(f"modelship: error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        logger.removeHandler(handler)
-    print(json.dumps(data, indent=2, sort_keys=True, default=str) if args.json else text)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

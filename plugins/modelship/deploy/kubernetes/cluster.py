@@ -1,0 +1,264 @@
+"""The Kubernetes API calls a release makes, through the provider's KubernetesHook on the `kubernetes`
+connection: render, apply (server-side), ensure the namespace and the imagePullSecret, observe pods and
+ReplicaSets, wait for a rollout. The release logic on top of them is target.py."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from modelship import retry
+from modelship.deploy import DeploymentFailed
+from modelship.deploy.kubernetes.manifests import (
+    APPLY_PATCH,
+    DEFAULT_APP_NAME,
+    FIELD_MANAGER,
+    PULL_SECRET,
+    RenderFailed,
+    dockerconfigjson,
+    pin_and_annotate,
+    selector,
+)
+from modelship.deploy.kubernetes.rollout import RolloutFailed, owned_by, revision_of, rollout_state, summarize_pods
+
+if TYPE_CHECKING:
+    from kubernetes.client import AppsV1Api, CoreV1Api, V1Deployment, V1ReplicaSet
+
+log = logging.getLogger("modelship.deploy.kubernetes")
+
+
+class KubernetesCluster:
+    """The API calls a release makes, on the cluster of one `kubernetes` connection: apply, observe, wait."""
+
+    def __init__(
+        self,
+        conn_id: str,
+        *,
+        namespace: str | None = None,
+        overlay_dir: str | os.PathLike[str] | None = None,
+        registry_conn_id: str | None = None,
+        app_name: str = DEFAULT_APP_NAME,
+        rollout_timeout: float = 600.0,
+        poll_interval: float = 2.0,
+        kubectl: str | None = None,
+    ) -> None:
+        self.conn_id = conn_id
+        self.namespace = namespace  # overrides the overlay's namespace when set
+        self.overlay_dir = Path(overlay_dir) if overlay_dir else None
+        self.registry_conn_id = registry_conn_id
+        self.app_name = app_name
+        self.rollout_timeout = rollout_timeout
+        self.poll_interval = poll_interval
+        self.kubectl = kubectl or os.environ.get("MODELSHIP_KUBECTL") or shutil.which("kubectl") or "kubectl"
+
+    # The hook and its clients are built on first use, never at construction (DAG parse time).
+    @cached_property
+    def hook(self):
+        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+        return KubernetesHook(conn_id=self.conn_id)
+
+    @property
+    def apps(self) -> AppsV1Api:
+        return self.hook.apps_v1_client
+
+    @property
+    def core(self) -> CoreV1Api:
+        return self.hook.core_v1_client
+
+    def _sanitize(self, obj: Any) -> Any:
+        return self.hook.api_client.sanitize_for_serialization(obj)
+
+    # -- render / apply ----------------------------------------------------------------------------------
+
+    def render(
+        self, overlay_dir: str | os.PathLike[str], image_ref_by_digest: str, lineage: Mapping[str, Any]
+    ) -> list[dict]:
+        """Render an overlay with `kubectl kustomize`, pin the app image by digest, annotate lineage."""
+        try:
+            result = subprocess.run(
+                [self.kubectl, "kustomize", str(overlay_dir)], capture_output=True, text=True, timeout=120
+            )
+        except FileNotFoundError as exc:
+            raise RenderFailed(f"kubectl not found ({self.kubectl}): it renders the overlays") from exc
+        if result.returncode != 0:
+            raise RenderFailed(f"kubectl kustomize {overlay_dir} failed: {result.stderr.strip()}")
+        objects = [obj for obj in yaml.safe_load_all(result.stdout) if obj]
+        return pin_and_annotate(objects, image_ref_by_digest, lineage)
+
+    def _patch_call(self, api_version: str, kind: str) -> Callable[..., Any]:
+        calls = {
+            ("apps/v1", "Deployment"): self.apps.patch_namespaced_deployment,
+            ("v1", "Service"): self.core.patch_namespaced_service,
+            ("v1", "ConfigMap"): self.core.patch_namespaced_config_map,
+            ("v1", "ServiceAccount"): self.core.patch_namespaced_service_account,
+            ("v1", "Secret"): self.core.patch_namespaced_secret,
+        }
+        try:
+            return calls[(api_version, kind)]
+        except KeyError:
+            raise ValueError(f"cannot apply {api_version}/{kind}") from None
+
+    def apply(self, objects: Sequence[dict]) -> list[Any]:
+        """Server-side apply each object (creates or updates; re-applying the same objects changes nothing).
+
+        Server-side apply rather than read-modify-replace: the API server merges our fields with those
+        others own (clusterIP, the controller's annotations), and an unchanged object keeps its generation.
+        """
+        applied = []
+        for obj in objects:
+            meta = obj["metadata"]
+            namespace = meta.get("namespace") or self.namespace or "default"
+            patch = self._patch_call(obj["apiVersion"], obj["kind"])
+            result = patch(
+                meta["name"],
+                namespace,
+                obj,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type=APPLY_PATCH,
+            )
+            log.info("applied %s %s/%s", obj["kind"], namespace, meta["name"])
+            applied.append(result)
+        return applied
+
+    def ensure_namespace(self, namespace: str) -> None:
+        from kubernetes.client import V1Namespace, V1ObjectMeta
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.core.read_namespace(namespace)
+            return
+        except ApiException as exc:
+            if exc.status == 403:  # namespace-scoped credentials (usual on shared AKS): assume it exists
+                return
+            if exc.status != 404:
+                raise
+        try:
+            self.core.create_namespace(V1Namespace(metadata=V1ObjectMeta(name=namespace)))
+            log.info("created namespace %s", namespace)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    def ensure_pull_secret(self, namespace: str, registry_conn_id: str) -> None:
+        """Create or update the imagePullSecret from the registry connection (host, login, password).
+
+        The credential exists only in this API call: never in rendered files, never in logs or errors.
+        """
+        from airflow.sdk import BaseHook
+        from kubernetes.client.exceptions import ApiException
+
+        conn = BaseHook.get_connection(registry_conn_id)
+        if not conn.host or not conn.login:
+            raise ValueError(f"connection {registry_conn_id!r} needs host and login for the imagePullSecret")
+        server, config = dockerconfigjson(conn.host, conn.port, conn.login, conn.password or "")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": PULL_SECRET,
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "modelship"},
+            },
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": base64.b64encode(config).decode()},
+        }
+        try:
+            self.core.patch_namespaced_secret(
+                PULL_SECRET, namespace, body, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH
+            )
+        except ApiException as exc:
+            # Not chained and no body: an API error could echo what we sent.
+            raise DeploymentFailed(
+                f"could not write imagePullSecret {namespace}/{PULL_SECRET}: HTTP {exc.status} {exc.reason}"
+            ) from None
+        log.info("imagePullSecret %s/%s is set for registry %s", namespace, PULL_SECRET, server)
+
+    # -- observe -----------------------------------------------------------------------------------------
+
+    def _replica_sets(self, deployment: V1Deployment) -> list[V1ReplicaSet]:
+        labels = selector(deployment)
+        items = self.apps.list_namespaced_replica_set(deployment.metadata.namespace, label_selector=labels).items
+        return [rs for rs in items if owned_by(rs, deployment.metadata.uid)]
+
+    def _current_replica_set(self, deployment: V1Deployment) -> V1ReplicaSet | None:
+        revision = revision_of(deployment)
+        return next((rs for rs in self._replica_sets(deployment) if revision_of(rs) == revision), None)
+
+    def describe_pods(self, deployment: V1Deployment) -> str:
+        """The pods' states and warning events, for failure messages."""
+        namespace = deployment.metadata.namespace
+        labels = selector(deployment)
+        try:
+            pods = self.core.list_namespaced_pod(namespace, label_selector=labels).items
+            revisions = {rs.metadata.name: revision_of(rs) for rs in self._replica_sets(deployment)}
+            events = self.core.list_namespaced_event(namespace).items
+        except Exception as exc:  # a failure message must not be lost to a second failure
+            return f"(could not list pods/events: {exc})"
+        return summarize_pods(pods, revisions, events)
+
+    def wait_for_terminations(self, deployment: V1Deployment) -> None:
+        """Wait for pods of earlier rollouts that are still shutting down, before a new rollout starts.
+
+        A terminating pod still holds what it held: a hostPort or the host network's port (the local
+        overlay), a GPU, a volume. A rollout started then would spend its deadline Pending on "didn't have
+        free ports" and be rolled back for a reason that has nothing to do with the new image. Bounded by the
+        pods' grace period plus a margin; past it the deploy goes ahead and its own deadline decides.
+        """
+        namespace = deployment.metadata.namespace
+        labels = selector(deployment)
+        grace = deployment.spec.template.spec.termination_grace_period_seconds or 30
+        until = time.monotonic() + grace + 30
+        while True:
+            pods = self.core.list_namespaced_pod(namespace, label_selector=labels).items
+            leaving = sorted(pod.metadata.name for pod in pods if pod.metadata.deletion_timestamp is not None)
+            if not leaving:
+                return
+            if time.monotonic() >= until:
+                log.warning("pods %s are still terminating after %ds; deploying anyway", ", ".join(leaving), grace + 30)
+                return
+            log.info("waiting for terminating pods of an earlier rollout: %s", ", ".join(leaving))
+            time.sleep(self.poll_interval)
+
+    def wait_for_rollout(self, name: str, namespace: str, generation: int, deadline: float) -> V1Deployment:
+        """Wait until the rollout of ``generation`` is complete; ``deadline`` is a time.monotonic() value.
+
+        Raises RolloutFailed at the deadline (or when the controller reports its progress deadline
+        exceeded) with the pods' states and warning events: ImagePullBackOff, CrashLoopBackOff, probes.
+        """
+        failures = 0
+        while True:
+            try:
+                deployment = self.apps.read_namespaced_deployment(name, namespace)
+            except Exception as exc:
+                # An API server blip must not abandon a rollout half-way (no rollback would follow):
+                # keep polling, with backoff, until the deadline.
+                if not retry.is_transient(exc) or time.monotonic() >= deadline:
+                    raise
+                failures += 1
+                log.warning("reading %s/%s failed (%s), retrying", namespace, name, exc)
+                time.sleep(min(self.poll_interval * 2**failures, 30.0, max(0.0, deadline - time.monotonic())))
+                continue
+            failures = 0
+            state = rollout_state(deployment, generation)
+            if state.done:
+                log.info("rollout of %s/%s complete: %s", namespace, name, state.reason)
+                return deployment
+            if state.failed or time.monotonic() >= deadline:
+                why = state.reason if state.failed else f"not complete by the deadline: {state.reason}"
+                raise RolloutFailed(
+                    f"rollout of {namespace}/{name} (revision {revision_of(deployment)}) failed: {why}\n"
+                    + self.describe_pods(deployment)
+                )
+            time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))

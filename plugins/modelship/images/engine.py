@@ -1,0 +1,61 @@
+"""The Docker engine the steps talk to: the provider's DockerHook (logged into the registry connection), a
+docker.APIClient or a docker.DockerClient, interchangeably ("DockerLike"), and what an engine outage means."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import docker
+import requests
+
+from modelship.retry import Transient
+
+if TYPE_CHECKING:
+    from airflow.providers.docker.hooks.docker import DockerHook
+
+    DockerLike = DockerHook | docker.APIClient | docker.DockerClient
+
+
+class EngineUnavailable(Transient, RuntimeError):
+    """The Docker engine stopped answering mid-step: an outage worth a retry, not a verdict on the image."""
+
+
+def docker_hook(registry_conn_id: str | None = None, base_url: str | None = None) -> DockerHook:
+    """The Docker provider's hook for our engine, logged into the registry of `registry_conn_id`.
+
+    Defaults come from settings. The hook logs in lazily, the first time its api_client is used.
+    """
+    from airflow.providers.docker.hooks.docker import DockerHook
+
+    from modelship.settings import Settings
+
+    settings = Settings.get()
+    return DockerHook(
+        docker_conn_id=registry_conn_id or settings.registry_conn_id,
+        base_url=base_url or settings.docker_host,
+        timeout=300,  # the classic builder sends nothing while a quiet RUN step works
+    )
+
+
+def api_of(docker_like: DockerLike) -> docker.APIClient:
+    if isinstance(docker_like, docker.APIClient):
+        return docker_like
+    if isinstance(docker_like, docker.DockerClient):
+        return docker_like.api
+    return docker_like.api_client  # DockerHook: logs into its connection's registry on first use
+
+
+
+def engine_name(api: docker.APIClient) -> str:
+    """The engine's address as configured: unix://<socket> (docker-py calls every socket http+docker://localhost)."""
+    socket_path = getattr(getattr(api, "_custom_adapter", None), "socket_path", None)
+    return f"unix://{socket_path}" if socket_path else api.base_url
+
+
+def engine_still_there(api: docker.APIClient, during: str) -> None:
+    """Raise EngineUnavailable if the engine does not answer: a step it killed while stopping is not a
+    failed step (that would be a verdict, failing the run without a retry)."""
+    try:
+        api.ping()
+    except (requests.RequestException, docker.errors.DockerException) as exc:
+        raise EngineUnavailable(f"Docker engine {engine_name(api)} stopped answering during {during}: {exc}") from exc
