@@ -93,15 +93,19 @@ def announce(build: Build) -> ImageEvent:
     """The `image` event of an image the registry already has (rebuilt: false, nothing pushed)."""
     if not build.already_pushed:
         raise NothingToDo(f"{build.repository}:{build.tag} is not in the registry yet: the build steps make it")
+    return _image_event(build, build.already_pushed, rebuilt=False)
+
+
+def _image_event(build: Build, digest: str, **pushed: Any) -> ImageEvent:
     return ImageEvent(
         repository=build.repository,
         tag=build.tag,
-        digest=build.already_pushed,
+        digest=digest,
         commit=build.commit,
         model_name=build.model_name,
         model_version=build.model_version,
         model_sha256=build.model_sha256,
-        rebuilt=False,
+        **pushed,
     )
 
 
@@ -174,18 +178,8 @@ def push(build: Build) -> ImageEvent:
     )
     log.info("pushed %s:%s as %s (%d layers, %d bytes sent)", build.repository, build.tag, pushed.digest,
              pushed.layers_pushed, pushed.bytes_pushed)  # fmt: skip
-    return ImageEvent(
-        repository=build.repository,
-        tag=build.tag,
-        digest=pushed.digest,
-        commit=build.commit,
-        model_name=build.model_name,
-        model_version=build.model_version,
-        model_sha256=build.model_sha256,
-        rebuilt=True,
-        layers_pushed=pushed.layers_pushed,
-        bytes_pushed=pushed.bytes_pushed,
-    )
+    return _image_event(build, pushed.digest, rebuilt=True, layers_pushed=pushed.layers_pushed,
+                        bytes_pushed=pushed.bytes_pushed)  # fmt: skip
 
 
 def cleanup(build: Build | None) -> None:

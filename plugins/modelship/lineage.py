@@ -83,14 +83,10 @@ class ModelEvent(Artifact):
 
 
 @dataclass(frozen=True)
-class ValidatedModel(Artifact):
-    """A model version that passed its gates; `promoted_before` is where the alias pointed then."""
+class ValidatedModel(ModelEvent):
+    """A model version that passed its gates (not yet promoted); `promoted_before` is where the alias pointed."""
 
     KIND: ClassVar[str] = "validated_model"
-    name: str
-    version: str
-    sha256: str
-    accuracy: float
     promoted_before: str | None = None
 
 

@@ -182,7 +182,7 @@ def lineage_of(value: Any, settings: Settings) -> OperatorLineage:
         return OperatorLineage(inputs=[image])
     if isinstance(artifact, Build):
         return OperatorLineage(inputs=_sources(settings, artifact))
-    if isinstance(artifact, ModelEvent | ValidatedModel):
+    if isinstance(artifact, ModelEvent):  # ValidatedModel is one too
         model = model_dataset(settings, artifact.name, artifact.version, artifact.sha256, artifact.accuracy)
         if isinstance(artifact, ValidatedModel):  # model_refresh.validate read it
             return OperatorLineage(inputs=[model])

@@ -21,6 +21,7 @@ import pytest
 
 from modelship import net
 from tests.e2e.pipeline import REPO, announce_image, asset_events, git, push_broken, run_dag, task_states
+from tests.k8s.conftest import local_overlay_on
 
 pytest_plugins = ["tests.k8s.conftest"]
 pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.azurite, pytest.mark.k8s]
@@ -39,17 +40,7 @@ def cluster_env(k8s_cluster, pipeline_env, tmp_path_factory: pytest.TempPathFact
     """The release DAG pointed at the local cluster as `make up K8S=1` points it: the kubernetes connection with
     the kubeconfig's content, the local overlay (on a free port here: the node's network is shared)."""
     port = net.free_port()
-    overlay = tmp_path_factory.mktemp("overlay")
-    base = os.path.relpath(REPO / "k8s" / "overlays" / "local", overlay)  # kustomize refuses absolute paths
-    (overlay / "kustomization.yaml").write_text(f"""\
-resources:
-  - {base}
-patches:
-  - target: {{kind: Deployment, name: modelship-app}}
-    patch: |-
-      - {{op: replace, path: /spec/template/spec/containers/0/ports/0/containerPort, value: {port}}}
-      - {{op: replace, path: /spec/template/spec/containers/0/env/0/value, value: "127.0.0.1:{port}"}}
-""")
+    overlay = local_overlay_on(tmp_path_factory.mktemp("overlay"), port)
     source = tmp_path_factory.mktemp("k8s-source") / "repo"
     git("clone", "-q", "--no-hardlinks", str(REPO), str(source))
     git("checkout", "-q", "-B", "main", git("rev-parse", "HEAD"), cwd=source)

@@ -117,7 +117,7 @@ def test_the_deployed_app_container_has_no_privilege_at_all(docker_client, docke
     target = DockerTarget(docker_host=docker_engine.url, port=port, ready_timeout=60)
     try:
         event = target.deploy(built.id, {"commit": lineage.commit, "model_version": "v1"})
-        container = docker_client.containers.get(event["revision"])
+        container = docker_client.containers.get(event.revision)
         host = container.attrs["HostConfig"]
         assert host["Privileged"] is False and not host["CapAdd"] and host["ReadonlyRootfs"] is True
         # What the kernel says about the serving process itself (PID 1 of the container).

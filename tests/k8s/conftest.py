@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,23 @@ from devstack import StackError
 from devstack.cluster import LocalCluster
 
 OPT_IN = "MODELSHIP_K8S"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def local_overlay_on(folder: Path, port: int) -> Path:
+    """An overlay in `folder`: the local overlay with the app on `port` (the node's network is shared by every
+    test and by `make up K8S=1`, so each user of the cluster takes a free port)."""
+    base = os.path.relpath(REPO / "k8s" / "overlays" / "local", folder)  # kustomize refuses absolute paths
+    (folder / "kustomization.yaml").write_text(f"""\
+resources:
+  - {base}
+patches:
+  - target: {{kind: Deployment, name: modelship-app}}
+    patch: |-
+      - {{op: replace, path: /spec/template/spec/containers/0/ports/0/containerPort, value: {port}}}
+      - {{op: replace, path: /spec/template/spec/containers/0/env/0/value, value: "127.0.0.1:{port}"}}
+""")
+    return folder
 
 
 @pytest.fixture(scope="session")
