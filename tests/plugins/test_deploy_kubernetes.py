@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,13 +28,16 @@ from modelship import net
 from modelship.deploy import DeploymentFailed
 from modelship.deploy.kubernetes import (
     REVISION,
+    STARTUP_SLACK,
     KubernetesTarget,
     RenderFailed,
     RolloutFailed,
     dockerconfigjson,
+    hopeless,
     pin_and_annotate,
     previous_replica_set,
     rollout_state,
+    startup_budget,
     summarize_pods,
     undo_patch,
 )
@@ -47,6 +49,7 @@ from modelship.lineage import (
     ANN_MODEL_VERSION,
     DeploymentEvent,
 )
+from tests.k8s.conftest import local_overlay_on
 from tests.logcapture import log_messages
 
 pytest_plugins = ["deploy_fixtures", "tests.k8s.conftest"]
@@ -171,10 +174,11 @@ class FakeApps:
         return state
 
 
-def offline_target(apps: FakeApps) -> KubernetesTarget:
+def offline_target(apps: FakeApps, new_pods: list[k8s.V1Pod] | None = None) -> KubernetesTarget:
     target = KubernetesTarget("unused", poll_interval=0.05)
     target.__dict__["hook"] = SimpleNamespace(apps_v1_client=apps, core_v1_client=None, api_client=k8s.ApiClient())
     target.describe_pods = lambda dep: "pod d-1 (revision 3, Pending, not ready); app waiting: ImagePullBackOff"
+    target.revision_pods = lambda dep: (None, list(new_pods or []))
     return target
 
 
@@ -209,7 +213,9 @@ def test_wait_for_rollout_fails_at_the_deadline_with_the_pods_states() -> None:
     assert "ImagePullBackOff" in message and "revision 3" in message
 
 
-def pod(name: str, rs: str, *, waiting: tuple[str, str] | None = None, restarts: int = 0) -> k8s.V1Pod:
+def pod(
+    name: str, rs: str, *, waiting: tuple[str, str] | None = None, restarts: int = 0, age: float = 0
+) -> k8s.V1Pod:
     state = (
         k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason=waiting[0], message=waiting[1]))
         if waiting
@@ -227,6 +233,7 @@ def pod(name: str, rs: str, *, waiting: tuple[str, str] | None = None, restarts:
         ),
         status=k8s.V1PodStatus(
             phase="Running",
+            start_time=datetime.now(UTC) - timedelta(seconds=age),
             conditions=[k8s.V1PodCondition(type="Ready", status="False")],
             container_statuses=[
                 k8s.V1ContainerStatus(
@@ -253,6 +260,46 @@ def event(obj: str, reason: str, message: str, kind: str = "Warning", count: int
         count=count,
         last_timestamp=datetime(2026, 1, 1, tzinfo=UTC) - timedelta(seconds=age),
     )
+
+
+def probe(period: int, failures: int, delay: int = 0) -> k8s.V1Probe:
+    return k8s.V1Probe(period_seconds=period, failure_threshold=failures, initial_delay_seconds=delay)
+
+
+def test_the_start_up_budget_is_what_the_pods_own_probes_allow() -> None:
+    app = k8s.V1Container(name="app", startup_probe=probe(2, 30), readiness_probe=probe(5, 3, delay=1))
+    budget = startup_budget(k8s.V1PodSpec(containers=[app]), min_ready_seconds=5)
+    assert budget == 2 * 30 + 1 + 5 * 3 + 5 + STARTUP_SLACK
+    assert startup_budget(k8s.V1PodSpec(containers=[k8s.V1Container(name="bare")])) == STARTUP_SLACK
+
+
+@pytest.mark.parametrize(
+    ("pods", "verdict"),
+    [
+        ([pod("n-1", "new", waiting=("CrashLoopBackOff", "back-off 10s restarting failed container"))],
+         "pod n-1: app CrashLoopBackOff: back-off 10s restarting failed container"),
+        ([pod("n-1", "new", waiting=("ImagePullBackOff", "Back-off pulling image"))], "app ImagePullBackOff"),
+        ([pod("n-1", "new", restarts=2)], "pod n-1: app restarted 2 times, last exit 3 (Error)"),
+        ([pod("n-1", "new", age=200)], "pod n-1: not ready 200s after it started (its start-up budget is 95s)"),
+        ([pod("n-1", "new", waiting=("ErrImagePull", "a registry blip")), pod("n-2", "new", restarts=1, age=30)],
+         None),  # a first pull error, one restart, a pod still within its budget: not yet hopeless
+    ],
+)  # fmt: skip
+def test_a_new_revision_is_hopeless_only_when_waiting_cannot_help(pods, verdict) -> None:
+    cause = hopeless(pods, budget=95)
+    assert (cause is None) if verdict is None else (verdict in cause), cause
+
+
+def test_wait_for_rollout_fails_fast_on_a_crash_looping_revision_long_before_the_deadline() -> None:
+    apps = FakeApps([deployment(replicas=3, updated_replicas=1, available_replicas=2)])
+    started = time.monotonic()
+    with pytest.raises(RolloutFailed) as failed:
+        offline_target(apps, [pod("n-1", "new", restarts=3)]).wait_for_rollout("d", "ns", 2, started + 600)
+    assert time.monotonic() - started < 5
+    assert "the new revision cannot come up: pod n-1: app restarted 3 times, last exit 3" in str(failed.value)
+    # Not before the controller works on the new generation: the pods then are the old revision's.
+    early = FakeApps([deployment(observed=1), deployment(replicas=2, updated_replicas=2, available_replicas=2)])
+    assert offline_target(early, [pod("old-1", "old", restarts=5)]).wait_for_rollout("d", "ns", 2, started + 600)
 
 
 def test_failure_summary_names_each_pods_trouble_and_the_warnings() -> None:
@@ -395,19 +442,7 @@ def namespace(cluster_env) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def overlay(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The local overlay on a free port (the cluster and its host network are shared with others)."""
-    port = net.free_port()
-    folder = tmp_path_factory.mktemp("overlay")
-    base = os.path.relpath(REPO / "k8s" / "overlays" / "local", folder)  # kustomize refuses absolute paths
-    (folder / "kustomization.yaml").write_text(f"""\
-resources:
-  - {base}
-patches:
-  - target: {{kind: Deployment, name: modelship-app}}
-    patch: |-
-      - {{op: replace, path: /spec/template/spec/containers/0/ports/0/containerPort, value: {port}}}
-      - {{op: replace, path: /spec/template/spec/containers/0/env/0/value, value: "127.0.0.1:{port}"}}
-""")
-    return folder
+    return local_overlay_on(tmp_path_factory.mktemp("overlay"), net.free_port())
 
 
 @pytest.fixture(scope="module")

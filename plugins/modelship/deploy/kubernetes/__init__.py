@@ -9,17 +9,21 @@
 from modelship.deploy.kubernetes.manifests import RenderFailed, dockerconfigjson, pin_and_annotate
 from modelship.deploy.kubernetes.rollout import (
     REVISION,
+    STARTUP_SLACK,
     RollbackFailed,
     RolloutFailed,
     RolloutState,
+    hopeless,
     previous_replica_set,
     rollout_state,
+    startup_budget,
     summarize_pods,
     undo_patch,
 )
 from modelship.deploy.kubernetes.target import KubernetesTarget
 
 __all__ = [
-    "REVISION", "KubernetesTarget", "RenderFailed", "RollbackFailed", "RolloutFailed", "RolloutState",
-    "dockerconfigjson", "pin_and_annotate", "previous_replica_set", "rollout_state", "summarize_pods", "undo_patch",
+    "REVISION", "STARTUP_SLACK", "KubernetesTarget", "RenderFailed", "RollbackFailed", "RolloutFailed", "RolloutState",
+    "dockerconfigjson", "hopeless", "pin_and_annotate", "previous_replica_set", "rollout_state", "startup_budget",
+    "summarize_pods", "undo_patch",
 ]  # fmt: skip

@@ -29,10 +29,18 @@ from modelship.deploy.kubernetes.manifests import (
     pin_and_annotate,
     selector,
 )
-from modelship.deploy.kubernetes.rollout import RolloutFailed, owned_by, revision_of, rollout_state, summarize_pods
+from modelship.deploy.kubernetes.rollout import (
+    RolloutFailed,
+    hopeless,
+    owned_by,
+    revision_of,
+    rollout_state,
+    startup_budget,
+    summarize_pods,
+)
 
 if TYPE_CHECKING:
-    from kubernetes.client import AppsV1Api, CoreV1Api, V1Deployment, V1ReplicaSet
+    from kubernetes.client import AppsV1Api, CoreV1Api, V1Deployment, V1Pod, V1ReplicaSet
 
 log = logging.getLogger("modelship.deploy.kubernetes")
 
@@ -196,6 +204,17 @@ class KubernetesCluster:
         revision = revision_of(deployment)
         return next((rs for rs in self._replica_sets(deployment) if revision_of(rs) == revision), None)
 
+    def revision_pods(self, deployment: V1Deployment) -> tuple[V1ReplicaSet | None, list[V1Pod]]:
+        """The ReplicaSet of the Deployment's current revision and its live pods (not terminating)."""
+        replica_set = self._current_replica_set(deployment)
+        if replica_set is None:
+            return None, []
+        pod_hash = replica_set.metadata.labels["pod-template-hash"]
+        namespace = deployment.metadata.namespace
+        listed = self.core.list_namespaced_pod(namespace, label_selector=f"pod-template-hash={pod_hash}").items
+        live = [p for p in listed if owned_by(p, replica_set.metadata.uid) and p.metadata.deletion_timestamp is None]
+        return replica_set, live
+
     def describe_pods(self, deployment: V1Deployment) -> str:
         """The pods' states and warning events, for failure messages."""
         namespace = deployment.metadata.namespace
@@ -234,8 +253,9 @@ class KubernetesCluster:
     def wait_for_rollout(self, name: str, namespace: str, generation: int, deadline: float) -> V1Deployment:
         """Wait until the rollout of ``generation`` is complete; ``deadline`` is a time.monotonic() value.
 
-        Raises RolloutFailed at the deadline (or when the controller reports its progress deadline
-        exceeded) with the pods' states and warning events: ImagePullBackOff, CrashLoopBackOff, probes.
+        Raises RolloutFailed with the pods' states and warning events as soon as the new revision cannot come
+        up (crash-looping, an image that cannot be pulled, not ready past its own start-up budget: see
+        rollout.hopeless), when the controller reports its progress deadline exceeded, or at ``deadline``.
         """
         failures = 0
         while True:
@@ -255,8 +275,18 @@ class KubernetesCluster:
             if state.done:
                 log.info("rollout of %s/%s complete: %s", namespace, name, state.reason)
                 return deployment
-            if state.failed or time.monotonic() >= deadline:
-                why = state.reason if state.failed else f"not complete by the deadline: {state.reason}"
+            why = state.reason if state.failed else None
+            if why is None and (deployment.status.observed_generation or 0) >= generation:
+                # Only once the controller works on this generation: before that the "current" revision is the
+                # old one, whose pods may carry restarts from long ago.
+                _, pods = self.revision_pods(deployment)
+                budget = startup_budget(deployment.spec.template.spec, deployment.spec.min_ready_seconds)
+                cause = hopeless(pods, budget)
+                if cause is not None:
+                    why = f"the new revision cannot come up: {cause}"
+            if why is None and time.monotonic() >= deadline:
+                why = f"not complete by the deadline: {state.reason}"
+            if why is not None:
                 raise RolloutFailed(
                     f"rollout of {namespace}/{name} (revision {revision_of(deployment)}) failed: {why}\n"
                     + self.describe_pods(deployment)

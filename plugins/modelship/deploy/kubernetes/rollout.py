@@ -66,6 +66,54 @@ def rollout_state(deployment: V1Deployment, generation: int) -> RolloutState:
     return RolloutState(True, False, f"{available} of {spec_replicas} replicas updated and available")
 
 
+# A container of a new revision in one of these states will not come up by waiting longer: a verdict now,
+# rather than at the progress deadline (minutes in which a crash-looping pod is all that changes).
+HOPELESS_WAITING = frozenset({
+    "CrashLoopBackOff", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",
+    "CreateContainerError", "RunContainerError",
+})  # fmt: skip
+# Restarts of one container after which its revision is crash-looping, whatever state it shows right now.
+CRASH_RESTARTS = 2
+# Beyond the app's own start-up budget (its probes), slack for scheduling, the image pull and the kubelet.
+STARTUP_SLACK = 30.0
+
+
+def startup_budget(template_spec: Any, min_ready_seconds: int | None = None) -> float:
+    """Seconds a pod of this template may take to become ready, by its own probes: the startup probe's whole
+    allowance, then the readiness probe's, then minReadySeconds, plus slack."""
+    budget = float(min_ready_seconds or 0) + STARTUP_SLACK
+    for container in template_spec.containers or []:
+        longest = 0.0
+        for probe in (container.startup_probe, container.readiness_probe):
+            if probe is not None:
+                period = probe.period_seconds or 10
+                longest += (probe.initial_delay_seconds or 0) + period * (probe.failure_threshold or 3)
+        budget = max(budget, longest + float(min_ready_seconds or 0) + STARTUP_SLACK)
+    return budget
+
+
+def hopeless(pods: Sequence[V1Pod], budget: float, now: datetime | None = None) -> str | None:
+    """Why pods of a new revision will never be ready, if that is already certain (else None): a container
+    waiting in a hopeless state, restarting again and again, or a pod still not ready past `budget` seconds."""
+    now = now or datetime.now(UTC)
+    for pod in pods:
+        name = pod.metadata.name
+        for cs in pod.status.container_statuses or []:
+            waiting = cs.state.waiting if cs.state else None
+            if waiting is not None and waiting.reason in HOPELESS_WAITING:
+                return f"pod {name}: {cs.name} {waiting.reason}" + (f": {waiting.message}" if waiting.message else "")
+            if (cs.restart_count or 0) >= CRASH_RESTARTS:
+                last = cs.last_state.terminated if cs.last_state else None
+                code = f", last exit {last.exit_code} ({last.reason})" if last else ""
+                return f"pod {name}: {cs.name} restarted {cs.restart_count} times{code}"
+        ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+        started = pod.status.start_time or pod.metadata.creation_timestamp
+        if not ready and started is not None and (now - started).total_seconds() > budget:
+            waited = int((now - started).total_seconds())
+            return f"pod {name}: not ready {waited}s after it started (its start-up budget is {budget:.0f}s)"
+    return None
+
+
 def revision_of(obj: Any) -> int:
     """The deployment.kubernetes.io/revision of a Deployment or ReplicaSet (0 when it has none yet)."""
     try:

@@ -21,13 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from modelship.deploy import DeploymentFailed
 from modelship.deploy.kubernetes.cluster import KubernetesCluster
-from modelship.deploy.kubernetes.manifests import FIELD_MANAGER, app_image, app_port, template_annotations
+from modelship.deploy.kubernetes.manifests import FIELD_MANAGER, JSON_PATCH, app_image, app_port, template_annotations
 from modelship.deploy.kubernetes.rollout import (
-    JSON_PATCH,
     RollbackFailed,
     RolloutFailed,
     now,
-    owned_by,
     previous_replica_set,
     revision_of,
     undo_patch,
@@ -56,15 +54,10 @@ class KubernetesTarget(KubernetesCluster):
     ) -> list[dict[str, Any]]:
         """GET /version of every ready pod of the current revision through the API server's pod proxy."""
         deployment = self.apps.read_namespaced_deployment(name, namespace)
-        replica_set = self._current_replica_set(deployment)
+        replica_set, pods = self.revision_pods(deployment)
         if replica_set is None:
             revision = revision_of(deployment)
             raise VerificationFailed(f"no ReplicaSet for revision {revision} of {namespace}/{name}")
-        pod_hash = replica_set.metadata.labels["pod-template-hash"]
-        listed = self.core.list_namespaced_pod(namespace, label_selector=f"pod-template-hash={pod_hash}").items
-        pods = [
-            pod for pod in listed if owned_by(pod, replica_set.metadata.uid) and pod.metadata.deletion_timestamp is None
-        ]
         if not pods:
             raise VerificationFailed(f"no pods of revision {revision_of(deployment)} of {namespace}/{name}")
         port = app_port(deployment)
