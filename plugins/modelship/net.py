@@ -44,3 +44,20 @@ def wait_for(
     if log and log.exists():
         tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
     raise NotReady(f"{what} did not become ready within {timeout:.0f}s{tail}")
+
+
+TCP_MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+def ensure_tcp_migrate_req() -> bool:
+    """Turn on net.ipv4.tcp_migrate_req (Linux >= 5.14) if it is off and this process may: requests queued on a
+    listener that closes then move to another listener of the same SO_REUSEPORT port instead of being reset,
+    which is what lets one server hand a port over to another without dropping a request. True when on."""
+    try:
+        if TCP_MIGRATE_REQ.read_text().strip() == "1":
+            return True
+        TCP_MIGRATE_REQ.write_text("1\n")
+    except OSError:  # no such setting (older kernel), or not root: the hand-over still works, less tightly
+        return False
+    return True
+

@@ -163,7 +163,11 @@ def test_service_reaches_the_pods_named_port(rendered, name: str) -> None:
     [port] = service["spec"]["ports"]
     assert port["port"] == 80
     [container] = deployment["spec"]["template"]["spec"]["containers"]
-    assert port["targetPort"] in {p["name"] for p in container["ports"]}
+    if "ports" in container:
+        assert port["targetPort"] in {p["name"] for p in container["ports"]}
+    else:  # the local overlay's pods declare no port (host network): the app's port by number
+        bind = {e["name"]: e["value"] for e in container["env"]}["APP_BIND"]
+        assert port["targetPort"] == int(bind.rpartition(":")[2])
     assert {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/part-of"} <= pod_labels.keys()
 
 
@@ -195,31 +199,48 @@ def test_aks_pods_run_unprivileged_on_a_read_only_root(rendered) -> None:
     assert pod["imagePullSecrets"] == [{"name": "modelship-registry"}]
 
 
-def test_aks_rolls_out_without_losing_capacity_and_probes_the_app(rendered) -> None:
-    spec = by_kind(rendered["aks"], "Deployment")["spec"]
-    assert spec["replicas"] == 2
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_rollouts_keep_capacity_drain_before_stopping_and_gate_on_readiness(rendered, name: str) -> None:
+    spec = by_kind(rendered[name], "Deployment")["spec"]
+    # Never below full capacity: one extra pod at a time, an old one goes only once a new one is ready.
     assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     assert spec["revisionHistoryLimit"] >= 2  # rollback needs the previous ReplicaSet
-    [container] = spec["template"]["spec"]["containers"]
+    pod = spec["template"]["spec"]
+    [container] = pod["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    # A pod being replaced keeps serving while endpoints drain (preStop), then finishes what it has (SIGTERM is
+    # gunicorn's graceful stop) well within the grace period.
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep" and int(pre_stop[1]) >= 5
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert pod["terminationGracePeriodSeconds"] > int(pre_stop[1]) + int(env["APP_GRACEFUL_TIMEOUT"])
+
+
+def test_aks_serves_on_its_pod_network_port(rendered) -> None:
+    spec = by_kind(rendered["aks"], "Deployment")["spec"]
+    assert spec["replicas"] == 2
+    [container] = spec["template"]["spec"]["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["APP_BIND"] == "0.0.0.0:8000" and container["ports"][0]["containerPort"] == 8000
 
 
-def test_local_overlay_fits_one_host_network(rendered) -> None:
+def test_local_overlay_shares_one_host_network_port_between_old_and_new_pods(rendered) -> None:
     spec = by_kind(rendered["local"], "Deployment")["spec"]
     assert spec["replicas"] == 1
-    assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
     pod = spec["template"]["spec"]
     assert pod["hostNetwork"] is True
     [container] = pod["containers"]
+    # No declared port: with hostNetwork it would be a hostPort, and the scheduler would keep the new pod off
+    # the node until the old one is gone. The app shares the port (SO_REUSEPORT) instead.
+    assert "ports" not in container
+    env = {e["name"]: e["value"] for e in container["env"]}
+    host, _, port = env["APP_BIND"].rpartition(":")
+    assert host == "127.0.0.1"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["host"] == "127.0.0.1", probe
-    [port] = container["ports"]
-    env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["APP_BIND"] == f"127.0.0.1:{port['containerPort']}"
+        assert container[probe]["httpGet"]["port"] == int(port), probe
     # Everything else of the posture still holds locally.
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True

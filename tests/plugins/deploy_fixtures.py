@@ -1,11 +1,12 @@
 """A stand-in for the app image, for testing the deploy targets' mechanics (not the app).
 
 Loaded by test_deploy_docker.py and test_deploy_kubernetes.py with `pytest_plugins = ["deploy_fixtures"]`.
-The stand-in honours the app's serving contract: it binds APP_BIND, answers GET /healthz, /readyz and
+The stand-in honours the app's serving contract: it binds APP_BIND (and APP_VERIFY_BIND) with SO_REUSEPORT, so an
+old and a new one share a port as the app does, answers GET /healthz, /readyz and
 /version ({"commit", "model": {"name", "version", "sha256"}, "app_version"}) from its environment, runs as
 uid 10001 and works on a read-only root filesystem; its image carries the same lineage labels the real one
 does. BROKEN makes it fail the way bad releases do: "readyz" (never ready: 503), "exit" (exits at start),
-or "port:N" (exits when asked to bind port N, i.e. fine as a candidate, broken on the serving port).
+or "port:N" (binds port N, then exits: fine as a candidate, broken on the serving port).
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ import pytest
 from devstack import rootfs
 
 STANDIN_APP = r"""
-import json, os, signal, sys
+import json, os, signal, socket, sys, threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 # As PID 1 in a container, a process without a handler ignores SIGTERM and is killed only after the grace period.
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
-host, _, port = os.environ.get("APP_BIND", "127.0.0.1:8000").rpartition(":")
+# Like the app: APP_BIND (the serving addresses) and an optional APP_VERIFY_BIND, all with SO_REUSEPORT.
+binds = ",".join(os.environ.get(k, "") for k in ("APP_BIND", "APP_VERIFY_BIND")) or "127.0.0.1:8000"
+addresses = [a.rpartition(":") for a in binds.split(",") if a]
 broken = os.environ.get("BROKEN", "")
-if broken == "exit" or broken == f"port:{port}":
+if broken == "exit":
     sys.exit(f"stand-in broken on purpose ({broken})")
 model = {k: os.environ.get(f"MODEL_{k.upper()}", "") for k in ("name", "version", "sha256")}
 VERSION = json.dumps({"commit": os.environ.get("COMMIT", ""), "model": model, "app_version": "standin"})
@@ -48,7 +51,18 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-HTTPServer((host, int(port)), Handler).serve_forever()
+class Server(HTTPServer):
+    def server_bind(self):
+        if not os.environ.get("NO_REUSEPORT"):  # an app image from before SO_REUSEPORT
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+servers = [Server((host, int(port)), Handler) for host, _, port in addresses]
+if any(broken == f"port:{port}" for _, _, port in addresses):  # bound it, then dies: fine on any other port
+    sys.exit(f"stand-in broken on purpose ({broken})")
+for server in servers[1:]:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+servers[0].serve_forever()
 """
 
 
@@ -65,8 +79,11 @@ class Standin:
                 **override}  # fmt: skip
 
 
-def build_standin(docker_client, tag: str, key: str, *, broken: str = "", reports_commit: str = "") -> Standin:
-    """Build a stand-in whose lineage is derived from ``key``; ``reports_commit`` makes /version lie."""
+def build_standin(
+    docker_client, tag: str, key: str, *, broken: str = "", reports_commit: str = "", reuse_port: bool = True
+) -> Standin:
+    """Build a stand-in whose lineage is derived from ``key``; ``reports_commit`` makes /version lie;
+    ``reuse_port=False`` makes it bind without SO_REUSEPORT, as app images built before it did."""
     commit = hashlib.sha1(key.encode()).hexdigest()
     model_version = f"m-{key}"
     model_sha256 = hashlib.sha256(key.encode()).hexdigest()
@@ -74,7 +91,8 @@ def build_standin(docker_client, tag: str, key: str, *, broken: str = "", report
 FROM {rootfs.BASE_IMAGE}
 COPY app.py /srv/app.py
 ENV COMMIT={reports_commit or commit} MODEL_NAME=digits MODEL_VERSION={model_version} \\
-    MODEL_SHA256={model_sha256} BROKEN="{broken}" PYTHONDONTWRITEBYTECODE=1
+    MODEL_SHA256={model_sha256} BROKEN="{broken}" NO_REUSEPORT="{'' if reuse_port else '1'}" \\
+    PYTHONDONTWRITEBYTECODE=1
 LABEL org.opencontainers.image.revision={commit} io.modelship.model.name=digits \\
       io.modelship.model.version={model_version} io.modelship.model.sha256={model_sha256}
 USER 10001
@@ -94,14 +112,15 @@ CMD ["python3", "/srv/app.py"]
 
 @pytest.fixture(scope="session")
 def standin(docker_client) -> Callable[..., Standin]:
-    """standin(key, broken=..., reports_commit=...) → a stand-in image, built once per session and key."""
-    built: dict[tuple[str, str, str], Standin] = {}
+    """standin(key, broken=..., reports_commit=..., reuse_port=...) → a stand-in image, built once per session."""
+    built: dict[tuple[str, str, str, bool], Standin] = {}
 
-    def get(key: str, *, broken: str = "", reports_commit: str = "") -> Standin:
-        wanted = (key, broken, reports_commit)
+    def get(key: str, *, broken: str = "", reports_commit: str = "", reuse_port: bool = True) -> Standin:
+        wanted = (key, broken, reports_commit, reuse_port)
         if wanted not in built:
             tag = f"modelship-test/standin:{key}"
-            built[wanted] = build_standin(docker_client, tag, key, broken=broken, reports_commit=reports_commit)
+            built[wanted] = build_standin(docker_client, tag, key, broken=broken, reports_commit=reports_commit,
+                                          reuse_port=reuse_port)  # fmt: skip
         return built[wanted]
 
     return get

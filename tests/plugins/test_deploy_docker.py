@@ -146,24 +146,46 @@ def test_a_bad_image_fails_as_a_candidate_and_v2_keeps_serving(
     assert len(modelship_containers(docker_client)) == 1
 
 
-def test_failure_on_the_serving_port_rolls_back_to_v2(
+def test_failure_on_the_serving_port_leaves_v2_serving_never_stopped(
     v2_serving, docker_engine, standin, docker_client, port: int
 ) -> None:
     _, v2, _, _ = v2_serving
-    # Healthy as a candidate on a spare port, dies on the fixed one: only the swap can catch it.
+    # Healthy as a candidate on a spare port, dies on the fixed one: only serving beside v2 can catch it.
     fragile = standin("fragile", broken=f"port:{port}")
     before = the_serving_container(docker_client)
     target = DockerTarget(docker_host=docker_engine.url, port=port, ready_timeout=15)
     with pytest.raises(DeploymentFailed) as failed:
         target.deploy(fragile.tag, fragile.lineage())
     message = str(failed.value)
-    assert "failed on the serving port" in message and "rolled back" in message, message
+    assert "failed beside the serving container" in message and "never stopped" in message, message
     after = the_serving_container(docker_client)
-    assert after.id == before.id  # the old container itself came back (not a copy)
-    assert after.name == before.name
+    assert after.id == before.id and after.attrs["State"]["StartedAt"] == before.attrs["State"]["StartedAt"]
     assert serving(port)["commit"] == v2.commit
     assert target.status()["commit"] == v2.commit
     assert len(modelship_containers(docker_client)) == 1
+
+
+def test_images_that_cannot_share_the_port_are_swapped_and_a_failure_rolls_back(
+    v2_serving, docker_engine, standin, docker_client, port: int
+) -> None:
+    _, v2, _, _ = v2_serving
+    target = DockerTarget(docker_host=docker_engine.url, port=port, ready_timeout=15)
+    # An image from before SO_REUSEPORT cannot bind beside v2: the release swaps instead (a short gap).
+    legacy = standin("legacy", reuse_port=False)
+    event = target.deploy(legacy.tag, legacy.lineage())
+    assert event.commit == legacy.commit and serving(port)["commit"] == legacy.commit
+    assert len(modelship_containers(docker_client)) == 1
+    # Swapping to one that dies on the serving port: the old container itself comes back (not a copy).
+    before = the_serving_container(docker_client)
+    fragile = standin("fragile-legacy", broken=f"port:{port}", reuse_port=False)
+    with pytest.raises(DeploymentFailed) as failed:
+        target.deploy(fragile.tag, fragile.lineage())
+    assert "failed on the serving port" in str(failed.value) and "rolled back" in str(failed.value), failed.value
+    after = the_serving_container(docker_client)
+    assert after.id == before.id and after.name == before.name
+    assert serving(port)["commit"] == legacy.commit
+    # And back to v2 (it shares the port; the legacy one does not): swapped too.
+    assert target.deploy(v2.tag, v2.lineage()).commit == v2.commit and serving(port)["commit"] == v2.commit
 
 
 def test_lineage_that_contradicts_the_image_labels_is_refused(v2_serving, target: DockerTarget, standin) -> None:

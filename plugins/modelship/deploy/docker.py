@@ -1,17 +1,22 @@
 """Docker target: the app on one host's Docker engine, the embedded default.
 
-The serving container binds one fixed loopback port (settings.docker_deploy_port). A release:
+The serving container binds one fixed loopback port (settings.docker_deploy_port). A release drops no
+request, with no component in front of the port:
 
-1. starts the new image as a *candidate* on a spare port and proves it: /readyz answers 200 and /version
-   names the expected commit and model version. A bad image fails here, while the old one keeps serving.
-2. removes the candidate, stops the old container (kept, not removed), starts the same image id on the
-   fixed port and proves it again. If that fails, the new container goes and the old one is started
-   again and re-verified (rollback).
-3. removes the old container.
+1. the new image starts as a *candidate* on a spare port only and is proven there: /readyz answers 200 and
+   /version names the expected commit and model version. A bad image fails here; it never took a request.
+2. the same image starts again as the new serving container, *beside* the old one: both bind the serving
+   port with SO_REUSEPORT (the app's gunicorn sets it), so the kernel spreads new connections over both,
+   and a second, private port (APP_VERIFY_BIND) lets it be proven on its own. If it fails, it is stopped
+   and the old one never stopped serving.
+3. the old container is stopped gracefully (SIGTERM: requests in flight finish) and removed. Requests still
+   queued on its listeners move to the new server's listeners (net.ipv4.tcp_migrate_req=1, set here when
+   allowed: Linux >= 5.14) instead of being reset.
 
-The gap between 2's stop and start is the app's start-up time (seconds). Closing it would need a proxy
-in front of the port, one more long-lived component to run and secure on every host; for the one-host
-target a short gap is the better trade, and a bad release never causes more than that gap.
+An image without SO_REUSEPORT on either side (built before it) cannot share the port: then the old swap
+runs, with a gap of the app's start-up time: stop the old container, start the new one, roll back to the old
+one if the new one fails. A release cut off half-way (its worker killed) can leave nothing serving: the next
+release first starts the last app container again (`heal`).
 
 Containers run read-only with a tmpfs /tmp, all capabilities dropped, no-new-privileges, on the host
 network (this machine has no bridge; the app binds 127.0.0.1). Their labels carry the lineage, so
@@ -32,7 +37,7 @@ from modelship import lineage as keys
 from modelship.deploy import DeploymentFailed
 from modelship.deploy.verify import VerificationFailed, http_get, same_commit, verify_version
 from modelship.lineage import DeploymentEvent
-from modelship.net import free_port, port_open
+from modelship.net import ensure_tcp_migrate_req, free_port, port_open
 
 if TYPE_CHECKING:
     from docker import APIClient
@@ -40,6 +45,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NAME_PREFIX = "modelship-app-"
+
+
+# What a server that cannot share the serving port says before it exits: the app's own start-up check
+# ("cannot bind … Address already in use"), or an older gunicorn without SO_REUSEPORT ("Connection in use").
+_CANNOT_SHARE = ("address already in use", "connection in use", "cannot bind")
 
 
 class NotReady(Exception):
@@ -132,7 +142,10 @@ class DockerTarget:
             self._pull(image)
             return self.api.inspect_image(image)
 
-    def _start(self, image_id: str, name: str, port: int, labels: dict[str, str], *, serving: bool) -> str:
+    def _start(
+        self, image_id: str, name: str, port: int, labels: dict[str, str], *, serving: bool, verify_port: int = 0
+    ) -> str:
+        """Start a container of the app on `port` (and, for proving it beside another server, `verify_port`)."""
         host_config = self.api.create_host_config(
             network_mode="host",
             read_only=True,
@@ -151,9 +164,14 @@ class DockerTarget:
                 **labels,
                 keys.CONTAINER_ROLE: "app" if serving else "candidate",
                 keys.CONTAINER_PORT: str(self.port),
-                keys.CONTAINER_BIND: str(port),
+                keys.CONTAINER_BIND: str(verify_port or port),
             },
-            environment={**self.environment, "APP_BIND": f"127.0.0.1:{port}"},
+            environment={
+                **self.environment,
+                "APP_BIND": f"127.0.0.1:{port}",
+                # Optional for the app: if the port is taken when it restarts later, it serves without it.
+                **({"APP_VERIFY_BIND": f"127.0.0.1:{verify_port}"} if verify_port else {}),
+            },
             host_config=host_config,
         )
         self.api.start(container["Id"])
@@ -251,6 +269,7 @@ class DockerTarget:
 
         for leftover in self._containers("candidate"):  # from a run that was killed mid-way
             self._remove(leftover["Id"])
+        self.heal()
         previous = self._current()
         running = previous is not None and previous["State"] == "running"
         if running and previous["Labels"].get(keys.CONTAINER_IMAGE_DIGEST) == digest:
@@ -270,7 +289,7 @@ class DockerTarget:
             else "nothing was serving before"
         )
 
-        # 1. The candidate, beside the serving container.
+        # 1. The candidate, on a spare port only: nothing reaches it until it is proven.
         from docker.errors import APIError
 
         spare = free_port()
@@ -284,18 +303,73 @@ class DockerTarget:
             if candidate:
                 self._remove(candidate)
 
-        # 2. The swap: stop the old one (kept for rollback), start the same image id on the fixed port.
+        # 2-3. Beside the old one on the serving port, then the old one stops; or the swap with a gap.
+        if previous is not None and previous["Names"][0].lstrip("/") == name:
+            self.api.rename(previous["Id"], f"{name}-previous")  # same digest over an unhealthy copy of itself
+        final = self._join(info["Id"], name, labels, previous, commit, model_version) if running else None
+        if final is None:
+            final = self._swap(info["Id"], name, labels, previous, commit, model_version, image)
+        for old in self._containers("app"):  # the old container, and older leftovers
+            if old["Id"] != final:
+                self._remove(old["Id"])
+        log.info("%s serves %s on 127.0.0.1:%s (commit %s, model %s)", name, image, self.port, commit, model_version)
+        return event.replace(revision=final[:12])
+
+    def _join(
+        self, image_id: str, name: str, labels: dict[str, str], previous: dict[str, Any], commit: str, model: str
+    ) -> str | None:
+        """Start the new serving container beside the old one, prove it, stop the old one gracefully; its id.
+
+        None when the two cannot share the port (an image without SO_REUSEPORT): the caller swaps instead.
+        """
+        migrating = ensure_tcp_migrate_req()
+        verify_port = free_port()
+        final = self._start(image_id, name, self.port, labels, serving=True, verify_port=verify_port)
+        try:
+            self._prove(final, verify_port, commit, model, f"container {name} (beside the serving one)")
+        except (NotReady, VerificationFailed) as exc:
+            logs = self._logs(final).lower()
+            self._stop_gracefully(final)
+            self._remove(final)
+            if any(sign in logs for sign in _CANNOT_SHARE):
+                log.warning("%s cannot share 127.0.0.1:%s with %s (no SO_REUSEPORT in one of the images): "
+                            "swapping with a gap instead", name, self.port, previous["Names"][0])  # fmt: skip
+                return None
+            prev = previous["Labels"]
+            raise DeploymentFailed(
+                f"{name} passed as a candidate but failed beside the serving container: {exc}\n"
+                f"{previous['Names'][0].lstrip('/')} (commit {prev.get(keys.CONTAINER_COMMIT)} / model "
+                f"{prev.get(keys.LABEL_MODEL_VERSION)}) keeps serving on 127.0.0.1:{self.port}, never stopped"
+            ) from exc
+        # The new one serves: the old one finishes what it has (SIGTERM) while new connections go to both, then
+        # only to the new one. Its queued connections move to the new listeners when tcp_migrate_req is on.
+        if not migrating:
+            log.warning("net.ipv4.tcp_migrate_req is off and cannot be set here: requests queued on the old "
+                        "server's listeners when it closes them are reset (set it to 1 on this host)")  # fmt: skip
+        self._stop_gracefully(previous["Id"])
+        return final
+
+    def _swap(
+        self,
+        image_id: str,
+        name: str,
+        labels: dict[str, str],
+        previous: dict[str, Any] | None,
+        commit: str,
+        model: str,
+        image: str,
+    ) -> str:
+        """Stop the old container (kept for rollback), start the new one on the serving port, prove it; on
+        failure the old one comes back. The gap is the app's start-up time."""
         previous_name = previous["Names"][0].lstrip("/") if previous else ""
         if previous is not None:
-            self.api.stop(previous["Id"], timeout=self.stop_timeout)
-            if previous_name == name:  # same digest re-deployed over an unhealthy copy of itself
-                self.api.rename(previous["Id"], f"{name}-previous")
+            self._stop_gracefully(previous["Id"])
         final = None
         try:
             if not self._wait_port_free():
                 raise NotReady(f"127.0.0.1:{self.port} still in use after stopping {previous_name or 'nothing'}")
-            final = self._start(info["Id"], name, self.port, labels, serving=True)
-            self._prove(final, self.port, commit, model_version, f"container {name}")
+            final = self._start(image_id, name, self.port, labels, serving=True)
+            self._prove(final, self.port, commit, model, f"container {name}")
         except Exception as exc:  # whatever broke, the old container must come back
             if final:
                 self._remove(final)
@@ -303,13 +377,27 @@ class DockerTarget:
             raise DeploymentFailed(
                 f"{image} passed as a candidate but failed on the serving port: {exc}\n{back}"
             ) from exc
+        return final
 
-        # 3. Done: the old container and any older leftovers go.
-        for old in self._containers("app"):
-            if old["Id"] != final:
-                self._remove(old["Id"])
-        log.info("%s serves %s on 127.0.0.1:%s (commit %s, model %s)", name, image, self.port, commit, model_version)
-        return event.replace(revision=final[:12])
+    def _stop_gracefully(self, container_id: str) -> None:
+        from docker.errors import NotFound
+
+        with contextlib.suppress(NotFound):
+            self.api.stop(container_id, timeout=self.stop_timeout)
+
+    def heal(self) -> str | None:
+        """A release cut off mid-swap (its worker killed) can leave the app containers stopped: start the newest
+        one again and wait until it serves. Its name, or None when something serves (or nothing ever did)."""
+        apps = self._containers("app")
+        if not apps or any(c["State"] == "running" for c in apps):
+            return None
+        newest = max(apps, key=lambda c: c["Labels"].get(keys.CONTAINER_DEPLOYED_AT, ""))
+        name = newest["Names"][0].lstrip("/")
+        log.warning("nothing serves on 127.0.0.1:%s (a release was cut off mid-swap): starting %s again first",
+                    self.port, name)  # fmt: skip
+        self.api.start(newest["Id"])
+        self._await_ready(newest["Id"], self.port)
+        return name
 
     @staticmethod
     def _expected(lineage: Mapping[str, Any], image_labels: Mapping[str, str], image: str) -> tuple[str, str]:

@@ -108,8 +108,15 @@ def app_image(deployment: V1Deployment) -> str:
 
 
 def app_port(deployment: V1Deployment) -> int:
-    ports = app_container(deployment).ports or []
+    """The port the app listens on: its declared `http` port, else (pods on the host network declare none, see
+    k8s/overlays/local) the port of its APP_BIND."""
+    container = app_container(deployment)
+    ports = container.ports or []
     port = next((p for p in ports if p.name == "http"), ports[0] if ports else None)
-    if port is None:
-        raise VerificationFailed(f"container {APP_CONTAINER!r} declares no port to verify through")
-    return port.container_port
+    if port is not None:
+        return port.container_port
+    bind = next((e.value for e in container.env or [] if e.name == "APP_BIND" and e.value), "")
+    last = bind.split(",")[0].rpartition(":")[2]
+    if not last.isdigit():
+        raise VerificationFailed(f"container {APP_CONTAINER!r} declares no port and no APP_BIND to verify through")
+    return int(last)
