@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
+from typing import Self
 
 # Imported before any MODELSHIP_CACHE is set: devstack resolves the shared cache (Azurite's npm
 # install, the base rootfs) at import time, and the benchmarks must keep using that one.
@@ -43,7 +44,29 @@ def clear_model_cache(env: dict[str, str]) -> None:
     models.mkdir(parents=True)
 
 
-class BenchStack:
+class Running:
+    """`with thing as t:` start() brings it up; stop() takes down whatever is up, also after a start() that
+    failed half-way (a component left running would hold its port and folder past the benchmark)."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class BenchStack(Running):
     """Docker engine + registry + Azurite on free loopback ports, in a private folder; always stopped."""
 
     def __init__(self, name: str) -> None:
@@ -56,19 +79,11 @@ class BenchStack:
         self.azurite = components.Azurite(self.root / "azurite", port=net.free_port())
         self.cache = private_cache(self.root)
 
-    def __enter__(self) -> BenchStack:
-        try:
-            self.docker.start()
-            self.docker.ensure_base_image()
-            self.registry.start()
-            self.azurite.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def start(self) -> None:
+        self.docker.start()
+        self.docker.ensure_base_image()
+        self.registry.start()
+        self.azurite.start()
 
     def stop(self) -> None:
         for component in (self.azurite, self.registry, self.docker):

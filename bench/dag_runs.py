@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import REPO
+from bench.components import Running
 from bench.report import stopwatch
 from devstack import process, stack
 from modelship import airflow_api, net
@@ -82,7 +83,7 @@ def run_dag(dag_id: str, conf: dict[str, Any]) -> DagRunTiming:
     return DagRunTiming(state=str(dag_run.state), seconds=t["s"], tasks=tasks)
 
 
-class AirflowServer:
+class AirflowServer(Running):
     """Airflow's own components, as `make up` starts them (devstack.stack), minus the triggerer.
 
     The triggerer runs the `commits` watcher, which would start CI runs by itself for every bench commit;
@@ -108,22 +109,14 @@ class AirflowServer:
         self.procs = [process.Process(f"airflow-{name}", home) for name, _ in self.COMPONENTS]
         self._api: AirflowAPI | None = None
 
-    def __enter__(self) -> AirflowServer:
+    def start(self) -> None:
         shutil.rmtree(self.home, ignore_errors=True)
         self.home.mkdir(parents=True)
         migrate(self.env)
-        try:
-            for proc, (_, args) in zip(self.procs, self.COMPONENTS, strict=True):
-                proc.spawn([self.airflow, *args], env=self.env, cwd=REPO)
-            net.wait_for(lambda: airflow_api.healthy(self.base), "Airflow API server", timeout=240,
-                         log=self.procs[-1].log_file)  # fmt: skip
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        for proc, (_, args) in zip(self.procs, self.COMPONENTS, strict=True):
+            proc.spawn([self.airflow, *args], env=self.env, cwd=REPO)
+        net.wait_for(lambda: airflow_api.healthy(self.base), "Airflow API server", timeout=240,
+                     log=self.procs[-1].log_file)  # fmt: skip
 
     def stop(self) -> None:
         if self._api:
