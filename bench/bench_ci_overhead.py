@@ -110,6 +110,7 @@ class PlainScript:
                           p.name == _requirements_key(src))  # fmt: skip
             self._run("cp", "-al", str(src / "app"), str(context))
             self._run("cp", "-al", str(wheels), str(context / "wheels"))
+            self._run("cp", "-al", str(src / "modelpkg"), str(context / "modelpkg"))  # the app imports it
             self._run("cp", "-r", str(model), str(context / "model"))
             args = {"BASE_IMAGE": rootfs.BASE_IMAGE, "GIT_COMMIT": commit, "MODEL_NAME": "digits",
                     "MODEL_VERSION": model_version, "MODEL_SHA256": manifest_sha256, "APP_VERSION": commit[:12],
