@@ -45,7 +45,7 @@ from airflow_client.client.models.task_instance_response import TaskInstanceResp
 from airflow_client.client.models.trigger_dag_run_post_body import TriggerDAGRunPostBody
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"  # in AIRFLOW_HOME: the simple auth manager's
+PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"  # the simple auth manager writes it in AIRFLOW_HOME
 FINISHED = ("success", "failed")
 TIMEOUT = 30.0  # seconds, each request
 PATIENCE = 10.0  # seconds of backing off before an outage counts as an error (a CLI user is waiting)
