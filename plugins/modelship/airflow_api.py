@@ -58,12 +58,11 @@ class AirflowAPIError(RuntimeError):
 
 
 def retry_policy(patience: float, methods: Collection[str] = urllib3.Retry.DEFAULT_ALLOWED_METHODS) -> urllib3.Retry:
-    """Retries of `methods` on a 5xx or a broken connection, backing off until about `patience` seconds of
-    sleep are spent. Any method is retried when its connection could not be opened: nothing was sent."""
+    """Retries of `methods` on a 5xx or a broken connection, as many as fit in `patience` seconds of backing
+    off. Any method is retried when its connection could not be opened: nothing was sent."""
     tries, slept = 0, 0.0
-    while slept < patience:
-        tries += 1
-        slept += 0.0 if tries == 1 else min(BACKOFF_MAX, BACKOFF * 2 ** (tries - 1))
+    while slept + (pause := 0.0 if tries == 0 else min(BACKOFF_MAX, BACKOFF * 2**tries)) <= patience:
+        tries, slept = tries + 1, slept + pause
     return urllib3.Retry(
         total=tries,
         backoff_factor=BACKOFF,
