@@ -29,7 +29,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench import common
+from bench import MODEL_NAME, REPOSITORY
+from bench.artifacts import SourceRepo, publish_and_promote, train
+from bench.components import BenchStack, clear_model_cache
+from bench.dag_runs import AirflowServer, run_dag, use_airflow_home
+from bench.load import sample_request, wait_http
+from bench.logs import log_file, output_to, run_cli
+from bench.report import Report, loadavg, median, stopwatch
+from devstack import rootfs
+from modelship import net
 
 TOPIC = "ci_overhead"
 TARGET = "<= 1.15"
@@ -38,7 +46,7 @@ TARGET = "<= 1.15"
 class PlainScript:
     """The CI steps with nothing but git, pytest, azure-storage-blob and the docker CLI."""
 
-    def __init__(self, stack: common.BenchStack, source: common.SourceRepo, testenv: Path) -> None:
+    def __init__(self, stack: BenchStack, source: SourceRepo, testenv: Path) -> None:
         self.stack, self.source, self.testenv = stack, source, testenv
         self.registry = stack.registry.address
         self.config = stack.root / "docker-cli"
@@ -67,15 +75,15 @@ class PlainScript:
         work = self.stack.root / f"plain-{self.runs}"
         steps: dict[str, float] = {}
         tag = f"{commit[:12]}-{model_version}"
-        image = f"{self.registry}/{common.REPOSITORY}:{tag}"
+        image = f"{self.registry}/{REPOSITORY}:{tag}"
         started = time.perf_counter()
 
-        with common.stopwatch() as t:
+        with stopwatch() as t:
             self._run("git", "clone", "-q", "--no-checkout", str(self.source.path), str(work / "src"))
             self._run("git", "-c", "advice.detachedHead=false", "checkout", "-q", commit, cwd=work / "src")
         steps["checkout"] = t["s"]
 
-        with common.stopwatch() as t:
+        with stopwatch() as t:
             src = work / "src"
             env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTHON"))}
             env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -84,10 +92,10 @@ class PlainScript:
                       "tests/app", cwd=src, env=env)  # fmt: skip
         steps["test"] = t["s"]
 
-        with common.stopwatch() as t:
+        with stopwatch() as t:
             conn = json.loads(os.environ["AIRFLOW_CONN_MODELSHIP_BLOB"])["extra"]["connection_string"]
             container = ContainerClient.from_connection_string(conn, os.environ["MODELSHIP_MODEL_STORE"][5:])
-            prefix = f"{common.MODEL_NAME}/versions/{model_version}/"
+            prefix = f"{MODEL_NAME}/versions/{model_version}/"
             model = work / "model"
             for blob in container.list_blobs(name_starts_with=prefix):
                 target = model / blob.name[len(prefix) :]
@@ -96,14 +104,15 @@ class PlainScript:
                     container.download_blob(blob.name).readinto(handle)
         steps["fetch_model"] = t["s"]
 
-        with common.stopwatch() as t:
+        with stopwatch() as t:
             context = work / "context"
             wheels = next(p for p in (self.stack.cache / "wheels").iterdir() if p.is_dir() and
                           p.name == _requirements_key(src))  # fmt: skip
             self._run("cp", "-al", str(src / "app"), str(context))
             self._run("cp", "-al", str(wheels), str(context / "wheels"))
+            self._run("cp", "-al", str(src / "modelpkg"), str(context / "modelpkg"))  # the app imports it
             self._run("cp", "-r", str(model), str(context / "model"))
-            args = {"BASE_IMAGE": common.rootfs.BASE_IMAGE, "GIT_COMMIT": commit, "MODEL_NAME": "digits",
+            args = {"BASE_IMAGE": rootfs.BASE_IMAGE, "GIT_COMMIT": commit, "MODEL_NAME": "digits",
                     "MODEL_VERSION": model_version, "MODEL_SHA256": manifest_sha256, "APP_VERSION": commit[:12],
                     "SOURCE_URL": str(self.source.path),
                     "BUILD_DATE": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
@@ -113,15 +122,15 @@ class PlainScript:
             self._run(*argv, str(context))
         steps["build"] = t["s"]
 
-        with common.stopwatch() as t:
-            port = common.net.free_port()
+        with stopwatch() as t:
+            port = net.free_port()
             name = f"plain-smoke-{self.runs}"
             self._run("docker", "run", "-d", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",
                       "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "-e", f"APP_BIND=127.0.0.1:{port}",
                       "-e", "APP_WORKERS=1", image)  # fmt: skip
             try:
-                common.wait_http(port, "/readyz", timeout=120)
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/score", data=common.sample_request(),
+                wait_http(port, "/readyz", timeout=120)
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/score", data=sample_request(),
                                                  headers={"Content-Type": "application/json"})  # fmt: skip
                 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
                 with opener.open(request, timeout=10) as response:
@@ -130,7 +139,7 @@ class PlainScript:
                 self._run("docker", "rm", "-f", name)
         steps["smoke_test"] = t["s"]
 
-        with common.stopwatch() as t:
+        with stopwatch() as t:
             self._run("docker", "push", "-q", image)
         steps["push"] = t["s"]
 
@@ -145,37 +154,37 @@ def _requirements_key(src: Path) -> str:
     return hashlib.sha256((src / "app" / "requirements.txt").read_bytes()).hexdigest()
 
 
-def main(runs: int) -> common.Report:
-    report = common.Report(TOPIC, "CI overhead: the ci DAG ÷ the same steps as a plain script")
-    logs = common.log_file(TOPIC)
+def main(runs: int) -> Report:
+    report = Report(TOPIC, "CI overhead: the ci DAG ÷ the same steps as a plain script")
+    logs = log_file(TOPIC)
     logs.unlink(missing_ok=True)
-    with common.BenchStack(TOPIC) as stack:
+    with BenchStack(TOPIC) as stack:
         env = stack.env()
-        source = common.SourceRepo(stack.root / "source")
+        source = SourceRepo(stack.root / "source")
         env["MODELSHIP_SOURCE_REPO"] = str(source.path)
         stack.apply(env)
-        with common.output_to(logs):
-            common.use_airflow_home(stack.root / "airflow-dagtest")
+        with output_to(logs):
+            use_airflow_home(stack.root / "airflow-dagtest")
             from modelship import apptests
             from modelship.model_store import open_store
 
-            package = common.train(stack.root, "v1")
-            manifest = common.publish_and_promote(package)
-            sha = open_store().manifest_sha256(common.MODEL_NAME, "v1")
+            package = train(stack.root, "v1")
+            manifest = publish_and_promote(package)
+            sha = open_store().manifest_sha256(MODEL_NAME, "v1")
             testenv = apptests.environment(source.path, stack.cache)
             plain = PlainScript(stack, source, testenv)
-            warmup = common.run_dag("ci", {"commit": source.code_change()})
+            warmup = run_dag("ci", {"commit": source.code_change()})
         print(f"warm-up dag.test() run: {warmup.state} in {warmup.seconds:.0f} s (not counted)", flush=True)
         if warmup.state != "success":
             raise RuntimeError(f"warm-up ci run failed: {warmup.tasks}; see {logs}")
 
         results: dict[str, list[dict[str, Any]]] = {"plain": [], "dagtest": [], "scheduler": []}
-        with common.AirflowServer(stack.root / "airflow-server", env) as server:
+        with AirflowServer(stack.root / "airflow-server", env) as server:
             server.wait_for_dag("ci")
 
             def dagtest(commit: str) -> dict[str, Any]:
-                with common.output_to(logs):
-                    timing = common.run_dag("ci", {"commit": commit})
+                with output_to(logs):
+                    timing = run_dag("ci", {"commit": commit})
                 return {"timing": timing}
 
             def scheduled(commit: str) -> dict[str, Any]:
@@ -188,7 +197,7 @@ def main(runs: int) -> common.Report:
             for round_ in range(runs):
                 order = variants[round_ % 3 :] + variants[: round_ % 3]
                 for name, fn in order:
-                    common.clear_model_cache(env)
+                    clear_model_cache(env)
                     commit = source.code_change()
                     out = fn(commit)
                     if "timing" in out:
@@ -201,7 +210,7 @@ def main(runs: int) -> common.Report:
                     else:
                         row = out["steps"]
                     results[name].append(row)
-                    print(f"round {round_ + 1}/{runs} {name}: {row['total']:.1f} s  (load {common.loadavg()})",
+                    print(f"round {round_ + 1}/{runs} {name}: {row['total']:.1f} s  (load {loadavg()})",
                           flush=True)  # fmt: skip
 
     plain_totals = [r["total"] for r in results["plain"]]
@@ -218,7 +227,7 @@ def main(runs: int) -> common.Report:
     for name in ("dagtest", "scheduler"):
         gaps = [r["total"] - r["tasks_sum"] for r in results[name]]
         report.note(f"{name}: time outside the task bodies (wall − Σ task durations), median "
-                    f"{common.median(gaps):.1f} s over {len(gaps)} runs: {[round(g, 1) for g in gaps]}")  # fmt: skip
+                    f"{median(gaps):.1f} s over {len(gaps)} runs: {[round(g, 1) for g in gaps]}")  # fmt: skip
 
     steps = ["checkout", "test", "fetch_model", "build", "smoke_test", "push"]
     rows = []
@@ -226,7 +235,7 @@ def main(runs: int) -> common.Report:
         row: dict[str, Any] = {"step / task": step}
         for name in ("plain", "dagtest", "scheduler"):
             values = [r[step] for r in results[name] if r.get(step) is not None]
-            row[f"{name} median s"] = round(common.median(values), 2) if values else ""
+            row[f"{name} median s"] = round(median(values), 2) if values else ""
         rows.append(row)
     report.table("Median seconds per step (plain script) and per task (DAG)", rows)
     report.table("Every run (seconds)", [
@@ -234,7 +243,7 @@ def main(runs: int) -> common.Report:
         for name, rs in results.items() for i, r in enumerate(rs)
     ])  # fmt: skip
     report.note(f"{runs} runs of each variant, interleaved in rotating order, plus one untimed warm-up run. A run "
-                f"takes {common.median(plain_totals) / 60:.1f} min here (15 runs in all); the app's own tests "
+                f"takes {median(plain_totals) / 60:.1f} min here (15 runs in all); the app's own tests "
                 "(tests/app, ~100 tests) are most of every run in every variant.")  # fmt: skip
     report.note("The plain script does not verify model hashes or lineage labels and has no retries: that "
                 "work is counted as modelship's overhead.")
@@ -245,4 +254,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    common.run_cli(lambda: main(args.runs))
+    run_cli(lambda: main(args.runs))

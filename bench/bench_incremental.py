@@ -20,7 +20,13 @@ import shutil
 import subprocess
 from typing import Any
 
-from bench import common
+from bench import REPOSITORY, STATE
+from bench.artifacts import SourceRepo, publish_and_promote, train
+from bench.components import SHARED_CACHE, BenchStack
+from bench.dag_runs import run_dag, use_airflow_home
+from bench.logs import log_file, output_to, run_cli
+from bench.recorders import PushRecorder, StoreRecorder, model_layer
+from bench.report import Report, loadavg, median
 
 TOPIC = "incremental"
 TARGET = "<= 0.25"
@@ -29,23 +35,23 @@ TARGET = "<= 0.25"
 def one_pair(i: int, logs: Any) -> dict[str, Any]:
     from modelship.ci import image_tag
 
-    with common.BenchStack(f"{TOPIC}-{i}") as stack:
+    with BenchStack(f"{TOPIC}-{i}") as stack:
         env = stack.env()
-        source = common.SourceRepo(stack.root / "source")
+        source = SourceRepo(stack.root / "source")
         env["MODELSHIP_SOURCE_REPO"] = str(source.path)
         stack.apply(env)
-        with common.output_to(logs):
-            common.publish_and_promote(common.train(stack.root, "v1"))
+        with output_to(logs):
+            publish_and_promote(train(stack.root, "v1"))
             runs: dict[str, Any] = {}
             for kind in ("cold", "warm"):
                 commit = source.code_change()
-                pushes, stores = common.PushRecorder(), common.StoreRecorder()
+                pushes, stores = PushRecorder(), StoreRecorder()
                 with pushes.installed(), stores.installed():
-                    timing = common.run_dag("ci", {"commit": commit})
+                    timing = run_dag("ci", {"commit": commit})
                 if timing.state != "success":
                     raise RuntimeError(f"{kind} ci run failed: {timing.tasks}; see {logs}")
                 api = stack.docker_api()
-                layer = common.model_layer(api, f"{common.REPOSITORY}:{image_tag(commit, 'v1')}")
+                layer = model_layer(api, f"{REPOSITORY}:{image_tag(commit, 'v1')}")
                 pushed = pushes.pushes[-1]
                 model_push = pushed.get(layer or "", {})
                 runs[kind] = {
@@ -69,9 +75,9 @@ def test_durations(logs: Any) -> list[dict[str, Any]]:
     """The slowest of the app's own tests (pytest --durations), from a clean clone: the test step's profile."""
     from modelship import apptests
 
-    root = common.STATE / f"{TOPIC}-durations"
-    source = common.SourceRepo(root / "source")
-    venv = apptests.environment(source.path, common.SHARED_CACHE)
+    root = STATE / f"{TOPIC}-durations"
+    source = SourceRepo(root / "source")
+    venv = apptests.environment(source.path, SHARED_CACHE)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTHON"))}
     env["PYTHONPATH"] = os.pathsep.join(str(source.path / p) for p in (".", "plugins", "app"))
     done = subprocess.run([str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
@@ -88,19 +94,19 @@ def test_durations(logs: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def main(runs: int) -> common.Report:
-    report = common.Report(TOPIC, "Incremental CI: a code-only change ÷ a cold build")
-    logs = common.log_file(TOPIC)
+def main(runs: int) -> Report:
+    report = Report(TOPIC, "Incremental CI: a code-only change ÷ a cold build")
+    logs = log_file(TOPIC)
     logs.unlink(missing_ok=True)
-    with common.output_to(logs):
-        common.use_airflow_home(common.STATE / f"{TOPIC}-airflow")
+    with output_to(logs):
+        use_airflow_home(STATE / f"{TOPIC}-airflow")
     pairs = []
     for i in range(runs):
         pair = one_pair(i, logs)
         pairs.append(pair)
         print(f"pair {i + 1}/{runs}: cold {pair['cold']['seconds']:.0f} s, warm {pair['warm']['seconds']:.0f} s, "
               f"warm downloaded {pair['warm']['model_bytes_downloaded']} model bytes, model layer "
-              f"{pair['warm']['model_layer_status']!r} (load {common.loadavg()})", flush=True)  # fmt: skip
+              f"{pair['warm']['model_layer_status']!r} (load {loadavg()})", flush=True)  # fmt: skip
 
     report.add("code-only change ÷ cold build", "cold ci run", [p["cold"]["seconds"] for p in pairs],
                "warm ci run (code-only change)", [p["warm"]["seconds"] for p in pairs], "s", target=TARGET)  # fmt: skip
@@ -124,11 +130,11 @@ def main(runs: int) -> common.Report:
     tasks = sorted({t for p in pairs for kind in ("cold", "warm") for t in p[kind]["tasks"]})
     report.table("Median seconds per task, cold vs warm (the profile)", [
         {"task": t,
-         "cold s": round(common.median([p["cold"]["tasks"][t] or 0 for p in pairs]), 2),
-         "warm s": round(common.median([p["warm"]["tasks"][t] or 0 for p in pairs]), 2)}
+         "cold s": round(median([p["cold"]["tasks"][t] or 0 for p in pairs]), 2),
+         "warm s": round(median([p["warm"]["tasks"][t] or 0 for p in pairs]), 2)}
         for t in tasks
-    ] + [{"task": "whole run (wall)", "cold s": round(common.median([p["cold"]["seconds"] for p in pairs]), 2),
-          "warm s": round(common.median([p["warm"]["seconds"] for p in pairs]), 2)}])  # fmt: skip
+    ] + [{"task": "whole run (wall)", "cold s": round(median([p["cold"]["seconds"] for p in pairs]), 2),
+          "warm s": round(median([p["warm"]["seconds"] for p in pairs]), 2)}])  # fmt: skip
     report.table("Every pair", [
         {"pair": i + 1, "run": kind, "seconds": round(p[kind]["seconds"], 1),
          "model bytes downloaded": p[kind]["model_bytes_downloaded"], "model layer": p[kind]["model_layer"],
@@ -137,10 +143,10 @@ def main(runs: int) -> common.Report:
          "layer bytes pushed (push progress totals)": p[kind]["bytes_pushed"]}
         for i, p in enumerate(pairs) for kind in ("cold", "warm")
     ])  # fmt: skip
-    with common.output_to(logs):
+    with output_to(logs):
         durations = test_durations(logs)
     report.table("The test task's profile: slowest tests of tests/app (pytest --durations=8)", durations)
-    pair_min = common.median([p["cold"]["seconds"] + p["warm"]["seconds"] for p in pairs]) / 60
+    pair_min = median([p["cold"]["seconds"] + p["warm"]["seconds"] for p in pairs]) / 60
     report.note(f"{runs} cold/warm pairs, each on a fresh Docker engine, registry and Azurite; a pair's two runs "
                 f"took {pair_min:.1f} min (median) plus the stack's start.")  # fmt: skip
     return report
@@ -150,4 +156,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    common.run_cli(lambda: main(args.runs))
+    run_cli(lambda: main(args.runs))

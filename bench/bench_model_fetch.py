@@ -26,7 +26,12 @@ import shutil
 import time
 from pathlib import Path
 
-from bench import common
+from bench import MODEL_NAME
+from bench.artifacts import publish_and_promote, train
+from bench.components import BenchStack
+from bench.dag_runs import use_airflow_home
+from bench.logs import log_file, output_to, run_cli
+from bench.report import Report, loadavg, median, stopwatch
 
 TOPIC = "model_fetch"
 TARGET = ">= 0.8"
@@ -37,7 +42,7 @@ CONTAINER = "bench-fetch"
 def big_package(root: Path, megabytes: int) -> Path:
     from modelpkg.manifest import read_manifest, write_manifest
 
-    package = common.train(root, VERSION)
+    package = train(root, VERSION)
     manifest = read_manifest(package)
     (package / "extra").mkdir()
     with open(package / "extra" / "weights.bin", "wb") as handle:
@@ -59,7 +64,7 @@ def plain_download(dest: Path) -> None:
 
     conn = json.loads(os.environ["AIRFLOW_CONN_MODELSHIP_BLOB"])["extra"]["connection_string"]
     container = ContainerClient.from_connection_string(conn, CONTAINER)
-    prefix = f"{common.MODEL_NAME}/versions/{VERSION}/"
+    prefix = f"{MODEL_NAME}/versions/{VERSION}/"
     for blob in container.list_blobs(name_starts_with=prefix):
         target = dest / blob.name[len(prefix) :]
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +76,7 @@ def modelship_fetch(dest: Path, cache: Path) -> dict[str, int]:
     from modelship.model_store import open_store
 
     store = open_store(cache_dir=cache)
-    store.fetch(common.MODEL_NAME, VERSION, dest)
+    store.fetch(MODEL_NAME, VERSION, dest)
     return store.stats.as_dict()
 
 
@@ -93,18 +98,18 @@ def timed(fn, *args) -> tuple[float, float, object]:
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
-def main(runs: int, megabytes: int) -> common.Report:
-    report = common.Report(TOPIC, f"Model fetch: {megabytes} MB package from Azurite")
-    with common.BenchStack(TOPIC) as stack:
+def main(runs: int, megabytes: int) -> Report:
+    report = Report(TOPIC, f"Model fetch: {megabytes} MB package from Azurite")
+    with BenchStack(TOPIC) as stack:
         stack.apply(stack.env(CONTAINER))
-        with common.output_to(common.log_file(TOPIC)):
-            common.use_airflow_home(stack.root / "airflow")
+        with output_to(log_file(TOPIC)):
+            use_airflow_home(stack.root / "airflow")
             package = big_package(stack.root, megabytes)
         logging.getLogger("modelship").setLevel(logging.WARNING)  # its INFO lines would print in the timed part
         size = package_bytes(package)
         mb = size / 1e6
-        with common.stopwatch() as t:
-            common.publish_and_promote(package)
+        with stopwatch() as t:
+            publish_and_promote(package)
         report.note(f"package: {mb:.1f} MB in {len(list(package.rglob('*.*')))} files; publish (upload) took "
                     f"{t['s']:.1f} s = {mb / t['s']:.0f} MB/s")  # fmt: skip
         work = stack.root / "fetch"
@@ -131,7 +136,7 @@ def main(runs: int, megabytes: int) -> common.Report:
                         hit_cpu.append(hc)
             if i:
                 print(f"run {i}/{runs}: plain {plain_s[-1]:.2f} s, modelship {ours_s[-1]:.2f} s, "
-                      f"cache hit {hit_s[-1]:.2f} s (load {common.loadavg()})", flush=True)  # fmt: skip
+                      f"cache hit {hit_s[-1]:.2f} s (load {loadavg()})", flush=True)  # fmt: skip
         assert stats["bytes_downloaded"] == size - (package / "model.json").stat().st_size, stats
 
         report.add(f"fetch {mb:.0f} MB (MB/s)", "plain azure-storage-blob download", [mb / s for s in plain_s],
@@ -140,12 +145,12 @@ def main(runs: int, megabytes: int) -> common.Report:
         report.add("cache hit (s)", "plain azure-storage-blob download", plain_s, "ModelStore.fetch, cache hit",
                    hit_s, "s")  # fmt: skip
         report.table("Medians per fetch", [
-            {"what": "plain download", "wall s": round(common.median(plain_s), 2),
-             "client CPU s": round(common.median(plain_cpu), 2)},
-            {"what": "ModelStore.fetch, empty cache", "wall s": round(common.median(ours_s), 2),
-             "client CPU s": round(common.median(ours_cpu), 2)},
-            {"what": "ModelStore.fetch, cache hit", "wall s": round(common.median(hit_s), 2),
-             "client CPU s": round(common.median(hit_cpu), 2)},
+            {"what": "plain download", "wall s": round(median(plain_s), 2),
+             "client CPU s": round(median(plain_cpu), 2)},
+            {"what": "ModelStore.fetch, empty cache", "wall s": round(median(ours_s), 2),
+             "client CPU s": round(median(ours_cpu), 2)},
+            {"what": "ModelStore.fetch, cache hit", "wall s": round(median(hit_s), 2),
+             "client CPU s": round(median(hit_cpu), 2)},
         ])  # fmt: skip
 
         # The profile: where one empty-cache fetch spends its time.
@@ -171,4 +176,4 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--mb", type=int, default=200)
     args = parser.parse_args()
-    common.run_cli(lambda: main(args.runs, args.mb))
+    run_cli(lambda: main(args.runs, args.mb))

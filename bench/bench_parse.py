@@ -21,7 +21,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench import common
+from bench import REPO, STATE
+from bench.dag_runs import airflow_env
+from bench.logs import run_cli
+from bench.report import Report, median
 
 TOPIC = "parse"
 TARGET_S = 0.2
@@ -42,9 +45,9 @@ print(json.dumps({{"sdk": t1 - t0, "file": t2 - t1, "sdk_cpu": c1 - c0, "file_cp
 
 
 def _env() -> dict[str, str]:
-    home = common.STATE / TOPIC / "airflow"
+    home = STATE / TOPIC / "airflow"
     home.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, **common.airflow_env(home)}
+    return {**os.environ, **airflow_env(home)}
 
 
 def probe(path: Path, env: dict[str, str]) -> dict[str, float]:
@@ -73,10 +76,10 @@ def heavy_imports(path: Path, env: dict[str, str], top: int = 6) -> list[dict[st
     return sorted(outer, key=lambda r: -r["cumulative ms"])[:top]
 
 
-def main(runs: int) -> common.Report:
-    report = common.Report(TOPIC, "DAG parse time over a bare `import airflow.sdk`")
+def main(runs: int) -> Report:
+    report = Report(TOPIC, "DAG parse time over a bare `import airflow.sdk`")
     env = _env()
-    files = sorted((common.REPO / "dags").glob("*.py"))
+    files = sorted((REPO / "dags").glob("*.py"))
     samples: dict[Path, list[dict[str, float]]] = {f: [] for f in files}
     probe(files[0], env)  # first interpreter start warms the page cache and writes bytecode
     for _ in range(runs):
@@ -86,11 +89,11 @@ def main(runs: int) -> common.Report:
         runs_ = samples[path]
         sdk = [s["sdk_cpu"] for s in runs_]
         both = [s["sdk_cpu"] + s["file_cpu"] for s in runs_]
-        extra = common.median([s["file_cpu"] for s in runs_])
+        extra = median([s["file_cpu"] for s in runs_])
         m = report.add(f"dags/{path.name} (CPU s)", "import airflow.sdk", sdk,
                        f"import airflow.sdk + dags/{path.name}", both, "s",
                        target=f"file <= {TARGET_S} s over the baseline", met=extra <= TARGET_S)  # fmt: skip
-        wall = common.median([s["file"] for s in runs_])
+        wall = median([s["file"] for s in runs_])
         verdict = "met" if m.met else f"MISSED by {extra - TARGET_S:.3f} s"
         report.note(f"dags/{path.name}: {extra:.3f} CPU s ({wall:.3f} wall s) over the bare import, target "
                     f"{TARGET_S} s: {verdict}")  # fmt: skip
@@ -99,11 +102,11 @@ def main(runs: int) -> common.Report:
     for clock, key in (("CPU", "file_cpu"), ("wall", "file")):
         report.table(f"{clock} seconds over the bare import, every run", [
             {"file": f"dags/{p.name}", **{f"run {i + 1}": round(s[key], 3) for i, s in enumerate(samples[p])},
-             "median": round(common.median([s[key] for s in samples[p]]), 3)}
+             "median": round(median([s[key] for s in samples[p]]), 3)}
             for p in files
         ])  # fmt: skip
     report.table("import airflow.sdk alone, median seconds", [
-        {"clock": clock, "median s": round(common.median([s[key] for p in files for s in samples[p]]), 3)}
+        {"clock": clock, "median s": round(median([s[key] for p in files for s in samples[p]]), 3)}
         for clock, key in (("CPU", "sdk_cpu"), ("wall", "sdk"))
     ])  # fmt: skip
     report.note(f"{runs} fresh interpreters per file, files interleaved; each run times `import airflow.sdk`, "
@@ -115,4 +118,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
-    common.run_cli(lambda: main(args.runs))
+    run_cli(lambda: main(args.runs))

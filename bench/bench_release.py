@@ -22,7 +22,13 @@ import json
 import time
 from typing import Any
 
-from bench import common
+from bench.artifacts import SourceRepo, build_and_push, train
+from bench.components import BenchStack
+from bench.dag_runs import run_dag, use_airflow_home
+from bench.load import ConstantLoad, sample_request, wait_http
+from bench.logs import log_file, output_to, run_cli
+from bench.report import Report, loadavg
+from modelship import net
 
 TOPIC = "release"
 RATE = 10.0
@@ -34,7 +40,7 @@ def serving_model(port: int) -> str:
     return json.loads(conn.getresponse().read())["model"]["version"]
 
 
-def window(load: common.ConstantLoad, start: float, end: float) -> dict[str, Any]:
+def window(load: ConstantLoad, start: float, end: float) -> dict[str, Any]:
     failed = load.failures(start, end)
     sent = [r for r in load.records if start <= r[0] <= end]
     kinds: dict[str, int] = {}
@@ -59,35 +65,35 @@ def manual_start(api: Any, image: str, port: int) -> str:
     return container
 
 
-def main(runs: int) -> common.Report:
-    report = common.Report(TOPIC, "Release on the docker target: trigger → verified, failures during the swap")
-    logs = common.log_file(TOPIC)
+def main(runs: int) -> Report:
+    report = Report(TOPIC, "Release on the docker target: trigger → verified, failures during the swap")
+    logs = log_file(TOPIC)
     logs.unlink(missing_ok=True)
-    with common.BenchStack(TOPIC) as stack:
+    with BenchStack(TOPIC) as stack:
         env = stack.env()
         stack.apply(env)
         port = int(env["MODELSHIP_DOCKER_DEPLOY_PORT"])
-        with common.output_to(logs):
-            common.use_airflow_home(stack.root / "airflow")
-            source = common.SourceRepo(stack.root / "source")
+        with output_to(logs):
+            use_airflow_home(stack.root / "airflow")
+            source = SourceRepo(stack.root / "source")
             built = [
-                common.build_and_push(stack, source, source.head(), common.train(stack.root, v), f"release-{v}")
+                build_and_push(stack, source, source.head(), train(stack.root, v), f"release-{v}")
                 for v in ("v1", "v2")
             ]
-            first = common.run_dag("release", {"target": "docker", "image": built[0]["ref"]})
+            first = run_dag("release", {"target": "docker", "image": built[0]["ref"]})
         if first.state != "success" or serving_model(port) != "v1":
             raise RuntimeError(f"first release failed: {first.tasks}; see {logs}")
         report.note(f"first release (nothing serving before): {first.seconds:.1f} s")
-        body = common.sample_request()
+        body = sample_request()
 
         dag_rows: list[dict[str, Any]] = []
-        with common.ConstantLoad(port, body, rate=RATE) as load:
+        with ConstantLoad(port, body, rate=RATE) as load:
             time.sleep(3)
             for i in range(runs):
                 image = built[(i + 1) % 2]
                 start = time.monotonic()
-                with common.output_to(logs):
-                    timing = common.run_dag("release", {"target": "docker", "image": image["ref"]})
+                with output_to(logs):
+                    timing = run_dag("release", {"target": "docker", "image": image["ref"]})
                 end = time.monotonic()
                 now = serving_model(port)
                 if timing.state != "success" or now != image["model_version"]:
@@ -95,7 +101,7 @@ def main(runs: int) -> common.Report:
                 row = {"run": i + 1, "to": image["model_version"], "seconds": round(timing.seconds, 2),
                        "deploy task s": round(timing.tasks["deploy"]["seconds"], 2),
                        "select_image s": round(timing.tasks["select_image"]["seconds"], 2),
-                       **window(load, start, end), "load1": common.loadavg()[0]}  # fmt: skip
+                       **window(load, start, end), "load1": loadavg()[0]}  # fmt: skip
                 dag_rows.append(row)
                 print(f"release {i + 1}/{runs} → {row['to']}: {row['seconds']} s, {row['failed']}/{row['sent']} "
                       f"requests failed ({row['kinds']})", flush=True)  # fmt: skip
@@ -105,11 +111,11 @@ def main(runs: int) -> common.Report:
         for container in api.containers(all=True, filters={"label": "io.modelship.role"}):
             api.remove_container(container["Id"], force=True)
 
-        manual_port = common.net.free_port()
+        manual_port = net.free_port()
         current = manual_start(api, built[0]["image_id"], manual_port)
-        common.wait_http(manual_port)
+        wait_http(manual_port)
         manual_rows: list[dict[str, Any]] = []
-        with common.ConstantLoad(manual_port, body, rate=RATE) as load:
+        with ConstantLoad(manual_port, body, rate=RATE) as load:
             time.sleep(3)
             for i in range(runs):
                 image = built[(i + 1) % 2]
@@ -117,10 +123,10 @@ def main(runs: int) -> common.Report:
                 api.stop(current, timeout=10)
                 api.remove_container(current, force=True)
                 current = manual_start(api, image["image_id"], manual_port)
-                common.wait_http(manual_port, timeout=120)
+                wait_http(manual_port, timeout=120)
                 end = time.monotonic()
                 manual_rows.append({"run": i + 1, "to": image["model_version"], "seconds": round(end - start, 2),
-                                    **window(load, start, end), "load1": common.loadavg()[0]})  # fmt: skip
+                                    **window(load, start, end), "load1": loadavg()[0]})  # fmt: skip
                 print(f"manual swap {i + 1}/{runs}: {manual_rows[-1]['seconds']} s, {manual_rows[-1]['failed']} "
                       "requests failed", flush=True)  # fmt: skip
                 time.sleep(3)
@@ -146,4 +152,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    common.run_cli(lambda: main(args.runs))
+    run_cli(lambda: main(args.runs))

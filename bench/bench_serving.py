@@ -33,7 +33,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import common
+from bench import REPO
+from bench.artifacts import SourceRepo, build_and_push, train
+from bench.components import BenchStack
+from bench.dag_runs import use_airflow_home
+from bench.load import sample_request, wait_http
+from bench.logs import log_file, output_to, run_cli
+from bench.report import Report, loadavg, median
+from modelship import net
 
 TOPIC = "serving"
 # (APP_WORKERS, APP_THREADS, ORT_THREADS): the shipped default first.
@@ -45,7 +52,7 @@ CLIENTS = (1, 16)
 
 
 def _rate_worker(layer: str, model_dir: str, body: bytes, seconds: float, out: Any) -> None:
-    sys.path.insert(0, str(common.REPO / "app"))
+    sys.path.insert(0, str(REPO / "app"))
     import numpy as np
 
     from classifier import create_app
@@ -87,7 +94,7 @@ def _profile_worker(model_dir: str, body: bytes, requests: int, out: Any) -> Non
     import tempfile
 
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bench-prom-")
-    sys.path.insert(0, str(common.REPO / "app"))
+    sys.path.insert(0, str(REPO / "app"))
     from classifier import create_app
 
     client = create_app({"MODEL_DIR": model_dir}).test_client()
@@ -132,7 +139,7 @@ def inprocess_rate(layer: str, model_dir: Path, body: bytes, processes: int, sec
     results = [queue.get(timeout=seconds + 120) for _ in procs]
     for proc in procs:
         proc.join()
-    return sum(r[0] for r in results), common.median([r[1] for r in results])
+    return sum(r[0] for r in results), median([r[1] for r in results])
 
 
 # --------------------------------------------------------------------------------------------- container
@@ -163,7 +170,7 @@ def start_app(api: Any, image: str, port: int, config: tuple[int, int, int], ext
     container = api.create_container(image, environment=env, host_config=host_config, healthcheck={"test": ["NONE"]},
                                      name=f"bench-serving-{port}")["Id"]  # fmt: skip
     api.start(container)
-    common.wait_http(port, "/readyz", timeout=120)
+    wait_http(port, "/readyz", timeout=120)
     return container
 
 
@@ -206,7 +213,7 @@ class App:
 
     def __init__(self, api: Any, image: str, config: tuple[int, int, int], extra_env: dict[str, str]) -> None:
         self.api, self.config = api, config
-        self.port = common.net.free_port()
+        self.port = net.free_port()
         self.container = start_app(api, image, self.port, config, extra_env)
 
     def warm_up(self, script: Path) -> None:
@@ -224,7 +231,7 @@ class App:
         sample = wrk(self.port, script, clients, seconds)
         used = container_cpu_seconds(self.api, self.container) - cpu
         sample["server_cpu_ms_per_req"] = used * 1e3 / max(1, sample["requests"])
-        sample["load1"] = common.loadavg()[0]
+        sample["load1"] = loadavg()[0]
         return sample
 
     def remove(self) -> None:
@@ -241,7 +248,7 @@ def round_robin(apps: dict[Any, App], script: Path, runs: int, seconds: float) -
         for key in keys[shift:] + keys[:shift]:
             for clients in CLIENTS:
                 out[key][clients].append(apps[key].sample(script, clients, seconds))
-        print(f"round {round_ + 1}/{runs} done (load {common.loadavg()})", flush=True)
+        print(f"round {round_ + 1}/{runs} done (load {loadavg()})", flush=True)
     return out
 
 
@@ -264,24 +271,24 @@ def measure(
 
 
 def summary(samples: list[dict[str, float]]) -> dict[str, float]:
-    return {key: common.median([s[key] for s in samples]) for key in samples[0]}
+    return {key: median([s[key] for s in samples]) for key in samples[0]}
 
 
 # --------------------------------------------------------------------------------------------- main
 
 
-def main(runs: int, seconds: float) -> common.Report:
+def main(runs: int, seconds: float) -> Report:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install -y wrk (make bench does)")
-    report = common.Report(TOPIC, "Serving: /score of the app container on 2 cores")
-    with common.BenchStack(TOPIC) as stack:
+    report = Report(TOPIC, "Serving: /score of the app container on 2 cores")
+    with BenchStack(TOPIC) as stack:
         stack.apply(stack.env())
-        with common.output_to(common.log_file(TOPIC)):
-            common.use_airflow_home(stack.root / "airflow")
-            source = common.SourceRepo(stack.root / "source")
-            package = common.train(stack.root, "v1")
-            built = common.build_and_push(stack, source, source.head(), package, "serving", push=False)
-        body = common.sample_request()
+        with output_to(log_file(TOPIC)):
+            use_airflow_home(stack.root / "airflow")
+            source = SourceRepo(stack.root / "source")
+            package = train(stack.root, "v1")
+            built = build_and_push(stack, source, source.head(), package, "serving", push=False)
+        body = sample_request()
         script = stack.root / "score.lua"
         (stack.root / "body.json").write_bytes(body)
         script.write_text(
@@ -299,8 +306,8 @@ def main(runs: int, seconds: float) -> common.Report:
                     base.setdefault((layer, procs), []).append(inprocess_rate(layer, package, body, procs, 3))
         report.table("In-process rates (same model, same image), median of runs", [
             {"layer": layers[layer], "processes": procs,
-             "per second": round(common.median([r[0] for r in base[(layer, procs)]]), 1),
-             "CPU ms each": round(common.median([r[1] for r in base[(layer, procs)]]) * 1e3, 3)}
+             "per second": round(median([r[0] for r in base[(layer, procs)]]), 1),
+             "CPU ms each": round(median([r[1] for r in base[(layer, procs)]]) * 1e3, 3)}
             for layer in layers for procs in (1, 2)
         ])  # fmt: skip
         report.table("Where an in-process POST /score spends its time (cProfile, Flask test client, prometheus in "
@@ -375,4 +382,4 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=5)
     args = parser.parse_args()
-    common.run_cli(lambda: main(args.runs, args.seconds))
+    run_cli(lambda: main(args.runs, args.seconds))

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import common
+from bench import REPO
+from bench.report import RESULTS_DIR, fmt, loadavg
 
 HERE = Path(__file__).resolve().parent
 # Cheap first, so a broken environment shows up in seconds rather than after the hour-long ones.
@@ -36,7 +37,7 @@ def wait_for_calm(max_wait: float) -> None:
     limit = 2 * (os.cpu_count() or 1)
     deadline = time.monotonic() + max_wait
     while os.getloadavg()[0] > limit and time.monotonic() < deadline:
-        print(f"load {common.loadavg()} > {limit}: waiting (at most {deadline - time.monotonic():.0f} s more)",
+        print(f"load {loadavg()} > {limit}: waiting (at most {deadline - time.monotonic():.0f} s more)",
               flush=True)  # fmt: skip
         time.sleep(30)
 
@@ -45,8 +46,8 @@ def run(topics: list[str], max_wait: float) -> list[str]:
     failed = []
     for topic in topics:
         wait_for_calm(max_wait)
-        print(f"\n=== {MODULES[topic]} (load {common.loadavg()}) ===", flush=True)
-        done = subprocess.run([sys.executable, "-m", MODULES[topic]], cwd=common.REPO)
+        print(f"\n=== {MODULES[topic]} (load {loadavg()}) ===", flush=True)
+        done = subprocess.run([sys.executable, "-m", MODULES[topic]], cwd=REPO)
         if done.returncode != 0:
             print(f"=== {MODULES[topic]} FAILED (exit {done.returncode}); its last saved result stays", flush=True)
             failed.append(topic)
@@ -127,8 +128,8 @@ def render(reports: dict[str, dict[str, Any]]) -> str:
     for report in reports.values():
         for m in report["measurements"]:
             summary.append({
-                "benchmark": m["name"], "baseline": f"{m['baseline_label']}: {common.fmt(m['baseline'], m['unit'])}",
-                "result": f"{m['result_label']}: {common.fmt(m['result'], m['unit'])}",
+                "benchmark": m["name"], "baseline": f"{m['baseline_label']}: {fmt(m['baseline'], m['unit'])}",
+                "result": f"{m['result_label']}: {fmt(m['result'], m['unit'])}",
                 "ratio": f"{m['ratio']:.3f}", "target": m["target"], "verdict": missed_by(m), "runs": m["runs"],
             })  # fmt: skip
     out += markdown_table(summary)
@@ -148,8 +149,8 @@ def render(reports: dict[str, dict[str, Any]]) -> str:
         for m in report["measurements"]:
             verdict = f" — target {m['target']}: {missed_by(m)}" if m["target"] else ""
             out.append(
-                f"- **{m['name']}**: baseline {m['baseline_label']} {common.fmt(m['baseline'], m['unit'])}, "
-                f"result {m['result_label']} {common.fmt(m['result'], m['unit'])}, ratio {m['ratio']:.3f} "
+                f"- **{m['name']}**: baseline {m['baseline_label']} {fmt(m['baseline'], m['unit'])}, "
+                f"result {m['result_label']} {fmt(m['result'], m['unit'])}, ratio {m['ratio']:.3f} "
                 f"({m['ratio_label']}){verdict}. Runs: baseline {m['baseline_runs']}, result {m['result_runs']}."
             )
         for note in report["notes"]:
@@ -162,7 +163,7 @@ def render(reports: dict[str, dict[str, Any]]) -> str:
 def load_reports() -> dict[str, dict[str, Any]]:
     reports = {}
     for topic in ORDER:
-        path = common.RESULTS_DIR / f"{topic}.json"
+        path = RESULTS_DIR / f"{topic}.json"
         if path.exists():
             reports[topic] = json.loads(path.read_text())
     return reports

@@ -58,16 +58,6 @@ class Airflow:
         step(f"{dag_id} {run_id}: success ({summary}) on {', '.join(hosts) or 'no host'}")
         return run
 
-    def wait_for_new_run(self, dag_id: str, after: set[str], timeout: float = 120) -> str:
-        """The id of the oldest run of `dag_id` that was not there before (one an Asset event started)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            new = [run.dag_run_id for run in self.api.runs(dag_id) if run.dag_run_id not in after]
-            if new:
-                return new[-1]  # runs() lists the newest first
-            time.sleep(2)
-        raise DemoFailed(f"no new {dag_id} run started within {timeout:.0f}s")
-
 
 def _state(value: Any) -> str:
     return str(getattr(value, "value", value))
@@ -119,7 +109,7 @@ def wait_for_image(airflow: Airflow, ci_before: set[str], version: str, timeout:
     deadline = time.monotonic() + timeout
     seen = set(ci_before)
     while True:
-        run_id = airflow.wait_for_new_run("ci", seen, timeout=max(deadline - time.monotonic(), 1))
+        run_id = airflow.api.wait_for_new_run("ci", seen, timeout=max(deadline - time.monotonic(), 1))
         seen.add(run_id)
         airflow.wait("ci", run_id, timeout=max(deadline - time.monotonic(), 1))
         # Built and pushed, or found already pushed and announced (rebuilt: false).

@@ -1,10 +1,11 @@
 """README screenshots of the Airflow UI, taken with Debian's headless Chromium against a running stack.
 
-    make up && make demo                     # green runs of all three DAGs to show
-    .venv/bin/python scripts/screenshots.py  # writes docs/images/*.png (1400x900)
+    make up && make demo                        # green runs of all three DAGs to show
+    .venv/bin/python -m devstack.screenshots    # writes docs/images/*.png (1400x900)
 
-Logs in the way the UI does: a JWT from the simple auth manager (POST /auth/token with the admin
-password `make up` generated) in the `_token` cookie, which the API server reads on every UI request.
+Logs in the way the UI does: a JWT from the simple auth manager (modelship.airflow_api's login with the
+admin password `make up` generated) in the `_token` cookie, which the API server reads on every UI request;
+the runs to show are found through the same client.
 Chromium is driven over the DevTools protocol on a loopback port (set the cookie, open a page, wait until
 it shows what we came for, click the Trigger button, capture), with a fresh profile and every
 background-networking feature off. Needs `apt-get install chromium`.
@@ -29,7 +30,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from airflow_client.client.models.dag_run_response import DAGRunResponse
 from websockets.sync.client import connect
+
+from modelship.airflow_api import DEFAULT_URL, PASSWORDS_FILE, AirflowAPI, AirflowAPIError, password_from_file
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT = 1400, 900
@@ -43,16 +47,6 @@ CHROMIUM_FLAGS = [
 
 class ScreenshotFailed(RuntimeError):
     pass
-
-
-def api(base: str, method: str, path: str, token: str | None = None, body: dict | None = None) -> Any:
-    request = urllib.request.Request(f"{base}{path}", method=method)
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    data = json.dumps(body).encode() if body is not None else None
-    with urllib.request.urlopen(request, data=data, timeout=30) as response:
-        return json.load(response)
 
 
 class Page:
@@ -129,12 +123,10 @@ def chromium(binary: str) -> Iterator[Page]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def latest_green_run(base: str, token: str, dag_id: str) -> dict[str, Any]:
-    runs = api(base, "GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit=50&state=success", token)
-    for run in runs["dag_runs"]:
-        tis = api(base, "GET", f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run['dag_run_id'], safe='')}"
-                               "/taskInstances", token)["task_instances"]  # fmt: skip
-        if tis and all(ti["state"] == "success" for ti in tis):  # every task green, none skipped
+def latest_green_run(api: AirflowAPI, dag_id: str) -> DAGRunResponse:
+    for run in api.runs(dag_id, limit=50, state="success"):
+        states = api.task_states(dag_id, run.dag_run_id)
+        if states and set(states.values()) == {"success"}:  # every task green, none skipped
             return run
     raise ScreenshotFailed(f"{dag_id} has no run with every task green: run `make demo` first")
 
@@ -158,29 +150,25 @@ CLICK_TRIGGER = """(() => {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--airflow", default=os.environ.get("MODELSHIP_AIRFLOW_URL", "http://127.0.0.1:8080"))
+    parser.add_argument("--airflow", default=os.environ.get("MODELSHIP_AIRFLOW_URL", DEFAULT_URL))
     parser.add_argument("--user", default="admin")
-    parser.add_argument(
-        "--password-file", type=Path,
-        default=REPO / ".state" / "airflow" / "simple_auth_manager_passwords.json.generated",
-    )  # fmt: skip
+    parser.add_argument("--password-file", type=Path, default=REPO / ".state" / "airflow" / PASSWORDS_FILE)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = parser.parse_args(argv)
     base = args.airflow.rstrip("/")
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        password = json.loads(args.password_file.read_text())[args.user]
-        token = api(base, "POST", "/auth/token", body={"username": args.user, "password": password})["access_token"]
-        runs = {dag_id: latest_green_run(base, token, dag_id) for dag_id in VIEWS}
+        api = AirflowAPI.login(base, args.user, password_from_file(args.password_file, args.user))
+        runs = {dag_id: latest_green_run(api, dag_id) for dag_id in VIEWS}
         host = urllib.parse.urlsplit(base).hostname
         with chromium(args.chromium) as page:
-            page.send("Network.setCookie", name="_token", value=token, domain=host, path="/", httpOnly=True)
+            page.send("Network.setCookie", name="_token", value=api.token, domain=host, path="/", httpOnly=True)
             page.open(f"{base}/dags")
             for dag_id, run in runs.items():
                 view, ready = VIEWS[dag_id]
                 page.js(SET_VIEW.format(view=view))
-                page.open(f"{base}/dags/{dag_id}/runs/{urllib.parse.quote(run['dag_run_id'], safe='')}")
+                page.open(f"{base}/dags/{dag_id}/runs/{urllib.parse.quote(run.dag_run_id, safe='')}")
                 page.wait_for(ready, f"the {dag_id} run in the {view} view")
                 page.capture(args.out / f"dag-{dag_id}.png")
             page.open(f"{base}/dags/model_refresh")
@@ -188,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
             page.wait_for(FORM_READY, "the trigger form")
             # Fill in the one required field the way a data scientist would, with the version last promoted.
             page.js("document.getElementById('element_version').focus()")
-            page.send("Input.insertText", text=str((runs["model_refresh"].get("conf") or {}).get("version", "v1")))
+            page.send("Input.insertText", text=str((runs["model_refresh"].conf or {}).get("version", "v1")))
             page.capture(args.out / "trigger-model_refresh.png")
-    except (ScreenshotFailed, OSError, KeyError) as exc:
+    except (ScreenshotFailed, AirflowAPIError, OSError, KeyError) as exc:
         print(f"screenshots FAILED: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -2,7 +2,7 @@
 
 Opt-in (MODELSHIP_DISTRIBUTED=1): a session starts ~10 containers in a private Docker engine and runs the
 whole flow through them, which takes minutes and most of this machine's 2 cores. `.ci/run` turns it on.
-The stack is `modelship.distributed.Distributed` — what `make up-distributed` runs — in a private state
+The stack is `devstack.compose.Distributed` — what `make up-distributed` runs — in a private state
 folder on free ports, so it never touches a developer's `make up` or `make up-distributed`.
 
 MODELSHIP_DISTRIBUTED_SOURCE=<git repo> builds another repository's main branch instead of this one's
@@ -19,17 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from devstack import compose as distributed
+from modelship.airflow_api import FINISHED, AirflowAPI
 
 REPO = Path(__file__).resolve().parents[2]
 ENABLED = os.environ.get("MODELSHIP_DISTRIBUTED") == "1"
+DAG_IDS = ("ci", "release", "model_refresh")
 SKIP_REASON = (
     "SKIPPED: the distributed (CeleryExecutor) stack tests are opt-in — set MODELSHIP_DISTRIBUTED=1 to start "
     "Postgres, Redis, Airflow and two Celery workers in containers and run the flow through them (minutes)"
 )
-TERMINAL = {"success", "failed"}
+# While Postgres restarts (test_faults) the API server answers 500 until its pool reconnects: every read
+# rides that out, as any client must, for up to this long; then the error stands.
+OUTAGE_PATIENCE = 90
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -49,77 +52,9 @@ def git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
-class AirflowAPI:
-    """Airflow 3's REST API as a user drives it: token from /auth/token, then /api/v2."""
-
-    def __init__(self, base: str, username: str, password: str) -> None:
-        self.base = base
-        self.session = requests.Session()
-        self.session.trust_env = False  # never through a proxy: the stack is on loopback
-        token = self.session.post(f"{base}/auth/token", json={"username": username, "password": password}, timeout=30)
-        token.raise_for_status()
-        self.session.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
-
-    def get(self, path: str, **params: Any) -> Any:
-        """GET, riding out a short outage as any client must: while Postgres restarts the API server answers
-        500 (or a connection fails) until its pool reconnects. Bounded: 90 s, then the error stands."""
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                response = self.session.get(f"{self.base}/api/v2{path}", params=params, timeout=30)
-                if response.status_code < 500:
-                    response.raise_for_status()
-                    return response.json()
-            except requests.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-            if time.monotonic() > deadline:
-                response.raise_for_status()
-            time.sleep(2)
-
-    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
-        unpause = self.session.patch(f"{self.base}/api/v2/dags/{dag_id}", json={"is_paused": False}, timeout=30)
-        unpause.raise_for_status()
-        response = self.session.post(
-            f"{self.base}/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf}, timeout=30
-        )
-        response.raise_for_status()
-        return response.json()["dag_run_id"]
-
-    def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
-        return self.get(f"/dags/{dag_id}/dagRuns/{run_id}")
-
-    def runs(self, dag_id: str) -> list[dict[str, Any]]:
-        return self.get(f"/dags/{dag_id}/dagRuns", order_by="start_date", limit=100)["dag_runs"]
-
-    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        return self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
-
-    def states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
-        return {ti["task_id"]: ti["state"] for ti in self.task_instances(dag_id, run_id)}
-
-    def wait(self, dag_id: str, run_id: str, timeout: float = 600) -> dict[str, Any]:
-        """Poll until the run ends; returns it (state success or failed)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = self.run(dag_id, run_id)
-            if run["state"] in TERMINAL:
-                return run
-            time.sleep(2)
-        raise AssertionError(f"{dag_id} {run_id} did not finish in {timeout:.0f}s: {self.states(dag_id, run_id)}")
-
-    def wait_for_new_run(self, dag_id: str, known: set[str], timeout: float = 180) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for run in self.runs(dag_id):
-                if run["dag_run_id"] not in known:
-                    return run["dag_run_id"]
-            time.sleep(2)
-        raise AssertionError(f"no new {dag_id} run within {timeout:.0f}s")
-
-    def image_events(self, run_id: str) -> list[dict[str, Any]]:
-        events = self.get("/assets/events", source_dag_id="ci", source_run_id=run_id)["asset_events"]
-        return [e["extra"] for e in events if e["name"] == "image"]  # (Airflow stores the uri as modelship://image/)
+def image_events(api: AirflowAPI, ci_run_id: str) -> list[dict[str, Any]]:
+    """The extras of the `image` events a ci run emitted."""
+    return [event.extra for event in api.asset_events("image", run=("ci", ci_run_id))]
 
 
 @pytest.fixture(scope="session")
@@ -147,8 +82,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, source_repo: Path) -> Iterat
 
 
 @pytest.fixture(scope="session")
-def api(stack: distributed.Distributed) -> AirflowAPI:
-    return AirflowAPI(f"http://127.0.0.1:{stack.ports.api}", distributed.ADMIN_USER, stack.secrets()["ADMIN_PASSWORD"])
+def api(stack: distributed.Distributed) -> Iterator[AirflowAPI]:
+    url, password = f"http://127.0.0.1:{stack.ports.api}", stack.secrets()["ADMIN_PASSWORD"]
+    with AirflowAPI.login(url, distributed.ADMIN_USER, password, patience=OUTAGE_PATIENCE) as client:
+        client.wait_for_dags(DAG_IDS)
+        for dag_id in DAG_IDS:  # the compose file leaves new DAGs unpaused; this says so rather than relies on it
+            client.unpause(dag_id)
+        yield client
 
 
 @pytest.fixture(scope="session")
@@ -179,7 +119,7 @@ def quiet_start(api: AirflowAPI) -> None:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         runs = api.runs("ci")
-        if runs and all(r["state"] in TERMINAL for r in runs):
+        if runs and all(r.state in FINISHED for r in runs):
             return
         time.sleep(2)
     raise AssertionError(f"the watcher's first ci run did not appear and end within 180s: {api.runs('ci')}")
@@ -192,7 +132,7 @@ def flow(api: AirflowAPI, host_env: dict[str, str], trained: dict[str, Path], qu
     from modelship.model_store import open_store
 
     open_store().publish(trained["v1"])
-    ci_before = {r["dag_run_id"] for r in api.runs("ci")}
+    ci_before = {r.dag_run_id for r in api.runs("ci")}
     refresh = api.trigger("model_refresh", {"version": "v1"})
     refresh_run = api.wait("model_refresh", refresh, timeout=300)
     ci = api.wait_for_new_run("ci", ci_before)

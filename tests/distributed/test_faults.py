@@ -10,26 +10,30 @@ from typing import Any
 
 import pytest
 import requests
+from airflow_client.client.models.task_instance_response import TaskInstanceResponse
 
 from devstack import compose as distributed
-from tests.distributed.conftest import AirflowAPI, git
+from modelship.airflow_api import FINISHED, AirflowAPI
+from tests.distributed.conftest import git, image_events
 
 pytestmark = pytest.mark.needs_stack
 
 SERVICE_OF_HOST = {"worker-1": "airflow-worker-1", "worker-2": "airflow-worker-2"}
 
 
-def wait_running(api: AirflowAPI, dag_id: str, run_id: str, tasks: tuple[str, ...], timeout: float = 300) -> dict:
+def wait_running(
+    api: AirflowAPI, dag_id: str, run_id: str, tasks: tuple[str, ...], timeout: float = 300
+) -> TaskInstanceResponse:
     """The first of `tasks` seen running (with the worker that runs it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for ti in api.task_instances(dag_id, run_id):
-            if ti["task_id"] in tasks and ti["state"] == "running" and ti["hostname"]:
+        for ti in api.tasks(dag_id, run_id):
+            if ti.task_id in tasks and ti.state == "running" and ti.hostname:
                 return ti
-        if api.run(dag_id, run_id)["state"] in ("success", "failed"):
+        if api.run(dag_id, run_id).state in FINISHED:
             break
         time.sleep(1)
-    raise AssertionError(f"none of {tasks} was seen running: {api.states(dag_id, run_id)}")
+    raise AssertionError(f"none of {tasks} was seen running: {api.task_states(dag_id, run_id)}")
 
 
 def crash(stack: distributed.Distributed, service: str) -> None:
@@ -71,22 +75,23 @@ def test_a_worker_killed_mid_task_loses_no_task_and_the_pushed_image_is_intact(
     run_id = api.trigger("ci", {"commit": commit})
 
     victim = wait_running(api, "ci", run_id, ("build", "test", "fetch_model", "smoke_test"))
-    dead_host = victim["hostname"]
+    dead_host = victim.hostname
     crash(stack, SERVICE_OF_HOST[dead_host])
     started = time.monotonic()
 
     run = api.wait("ci", run_id, timeout=600)
-    tis = {ti["task_id"]: ti for ti in api.task_instances("ci", run_id)}
-    assert run["state"] == "success", {t: ti["state"] for t, ti in tis.items()}
-    assert {ti["state"] for ti in tis.values()} == {"success"}, {t: ti["state"] for t, ti in tis.items()}
-    retried = tis[victim["task_id"]]
+    tis = {ti.task_id: ti for ti in api.tasks("ci", run_id)}
+    states = api.task_states("ci", run_id)
+    assert run.state == "success", states
+    assert set(states.values()) == {"success"}, states
+    retried = tis[victim.task_id]
     # The killed try was failed by the scheduler (no heartbeat) and the task ran again, to success.
-    assert retried["try_number"] >= 2, retried
-    print(f"{victim['task_id']} killed on {dead_host}; run green {time.monotonic() - started:.0f}s later; "
-          f"retry ran on {retried['hostname']}")  # fmt: skip
+    assert retried.try_number >= 2, retried
+    print(f"{victim.task_id} killed on {dead_host}; run green {time.monotonic() - started:.0f}s later; "
+          f"retry ran on {retried.hostname}")  # fmt: skip
 
     # Exactly one image event, for v2, and the registry holds exactly that image, whole.
-    events = api.image_events(run_id)
+    events = image_events(api, run_id)
     assert len(events) == 1, events
     event = events[0]
     assert event["model_version"] == "v2" and event["commit"] == commit
@@ -124,12 +129,12 @@ def test_a_postgres_restart_mid_run_is_survived_and_the_run_completes(
     scheduler_restarts = stack.container("airflow-scheduler").attrs["RestartCount"]
     postgres.restart(timeout=30)  # fast shutdown (SIGINT), then a new server on the same volume
     run = api.wait("ci", run_id, timeout=600)
-    assert run["state"] == "success", api.states("ci", run_id)
-    events = api.image_events(run_id)
+    assert run.state == "success", api.task_states("ci", run_id)
+    events = image_events(api, run_id)
     assert [e["commit"] for e in events] == [commit], events
     restarts = stack.container("airflow-scheduler").attrs["RestartCount"] - scheduler_restarts
     print(f"ci run green across a Postgres restart; scheduler container restarts: {restarts}")
     # And the stack still schedules new work afterwards (the image the flow deployed stays the one serving).
-    image = api.image_events(flow["ci"]["dag_run_id"])[0]
+    image = image_events(api, flow["ci"].dag_run_id)[0]
     again = api.trigger("release", {"target": "docker", "image": f"{image['repository']}@{image['digest']}"})
-    assert api.wait("release", again, timeout=300)["state"] == "success", api.states("release", again)
+    assert api.wait("release", again, timeout=300).state == "success", api.task_states("release", again)

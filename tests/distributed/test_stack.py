@@ -7,15 +7,16 @@ from typing import Any
 
 import pytest
 
-from tests.distributed.conftest import AirflowAPI
+from modelship.airflow_api import AirflowAPI
+from tests.distributed.conftest import image_events
 
 pytestmark = pytest.mark.needs_stack
 
 
 def test_the_three_dags_parse_in_the_stack_without_import_errors(api: AirflowAPI) -> None:
-    dags = {d["dag_id"] for d in api.get("/dags", limit=100)["dags"]}
+    dags = {d.dag_id for d in api.dags()}
     assert {"ci", "release", "model_refresh"} <= dags, dags
-    assert api.get("/importErrors")["import_errors"] == []
+    assert api.import_errors() == []
 
 
 def test_a_worker_renders_the_kubernetes_release_with_the_images_kubectl(stack) -> None:
@@ -49,28 +50,28 @@ def test_a_worker_renders_the_kubernetes_release_with_the_images_kubectl(stack) 
 def test_the_whole_flow_runs_green_through_the_rest_api(api: AirflowAPI, flow: dict[str, Any]) -> None:
     for dag_id, run_id in flow["runs"]:
         run = api.run(dag_id, run_id)
-        assert run["state"] == "success", (dag_id, api.states(dag_id, run_id))
+        assert run.state == "success", (dag_id, api.task_states(dag_id, run_id))
     # ci was started by model_refresh's `model` Asset event, not by hand.
-    assert flow["ci"]["run_type"] == "asset_triggered", flow["ci"]
-    states = api.states("ci", flow["ci"]["dag_run_id"])
+    assert flow["ci"].run_type == "asset_triggered", flow["ci"]
+    states = api.task_states("ci", flow["ci"].dag_run_id)
     assert states["push"] == "success" and states["cleanup"] == "success", states
 
 
 def test_the_first_nightly_release_with_nothing_built_yet_is_skipped_not_red(api: AirflowAPI, flow) -> None:
     # catchup=False: the newest nightly slot gets a run as soon as the DAG appears, before ci built anything.
-    scheduled = [r for r in api.runs("release") if r["run_type"] == "scheduled"]
-    assert scheduled, api.runs("release")
-    first = scheduled[0]  # runs() lists the oldest first
-    assert first["state"] == "success", api.states("release", first["dag_run_id"])
-    assert api.states("release", first["dag_run_id"]) == {"select_image": "skipped", "deploy": "skipped"}
+    scheduled = [r for r in api.runs("release", limit=100) if r.run_type == "scheduled"]
+    assert scheduled, api.runs("release", limit=100)
+    first = scheduled[-1]  # runs() lists the newest first
+    assert first.state == "success", api.task_states("release", first.dag_run_id)
+    assert api.task_states("release", first.dag_run_id) == {"select_image": "skipped", "deploy": "skipped"}
 
 
 def test_task_instances_of_the_flow_ran_on_both_workers(api: AirflowAPI, flow: dict[str, Any]) -> None:
     hosts = {
-        ti["hostname"]
+        ti.hostname
         for dag_id, run_id in flow["runs"]
-        for ti in api.task_instances(dag_id, run_id)
-        if ti["state"] == "success"
+        for ti in api.tasks(dag_id, run_id)
+        if ti.state == "success"
     }
     assert hosts == {"worker-1", "worker-2"}, hosts
 
@@ -83,19 +84,19 @@ def test_the_deployed_app_serves_the_model_the_flow_promoted(stack, flow: dict[s
         version = json.load(response)
     assert version["model"]["version"] == "v1"
     deployed = flow["release"]
-    assert deployed["state"] == "success"
+    assert deployed.state == "success"
 
 
 def test_the_demo_tells_the_whole_story_on_this_stack(stack, host_env: dict[str, str], flow: dict[str, Any]) -> None:
-    """`make demo` against the compose stack: modelship.demo with the environment `up-distributed` writes for
-    the host (Airflow's URL and password file included). Two more model versions go through model_refresh →
-    ci → release → /score → status, and the demo names the hosts the tasks ran on: both workers."""
+    """`make demo` against the compose stack: `python -m devstack demo` with the environment `up-distributed`
+    writes for the host (Airflow's URL and password file included). Two more model versions go through
+    model_refresh → ci → release → /score → status, and the demo names the hosts the tasks ran on: both workers."""
     import subprocess
     import sys
 
     assert host_env["MODELSHIP_AIRFLOW_URL"] == f"http://127.0.0.1:{stack.ports.api}"
     done = subprocess.run(
-        [sys.executable, "-m", "modelship.demo"], capture_output=True, text=True, timeout=1800, env=os.environ.copy()
+        [sys.executable, "-m", "devstack", "demo"], capture_output=True, text=True, timeout=1800, env=os.environ.copy()
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     last = done.stdout.strip().splitlines()[-1]
@@ -123,7 +124,7 @@ def test_the_azure_stand_ins_are_compose_services_holding_what_the_flow_made(
 
     registry = stack.stack.registry
     assert requests.get(f"http://{registry.address}/v2/", timeout=10).status_code == 401  # no anonymous access
-    [event] = api.image_events(flow["ci"]["dag_run_id"])
+    [event] = image_events(api, flow["ci"].dag_run_id)
     client = RegistryClient(registry.address, registry.username, registry.password)
     try:
         assert client.digest(event["repository"].split("/", 1)[1], event["tag"]) == event["digest"]

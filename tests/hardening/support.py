@@ -6,16 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-import requests
 
 from devstack import process
-from devstack.stack import AIRFLOW_COMPONENTS
-from modelship import net
+from devstack.stack import AIRFLOW_COMPONENTS, airflow_settings
+from modelship import airflow_api, net
+from modelship.airflow_api import AirflowAPI
 
 
 def try_numbers(dag_run) -> dict[str, int]:
@@ -78,12 +75,8 @@ def image_leaks(docker_client, image_id: str, secrets: dict[str, bytes]) -> dict
 # --- a real Airflow deployment: scheduler, dag-processor and api-server on a free loopback port ---------
 
 
-SIMPLE_AUTH = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-TERMINAL = {"success", "failed"}
-
-
 class AirflowStack:
-    """What `make up` runs of Airflow (modelship.stack.AIRFLOW_COMPONENTS, without the triggerer: no commit
+    """What `make up` runs of Airflow (devstack.stack.AIRFLOW_COMPONENTS, without the triggerer: no commit
     watcher starting runs behind the test's back), in a private AIRFLOW_HOME on a free port, with the
     caller's environment (connections and settings) for the tasks. LocalExecutor on SQLite, as `make up`."""
 
@@ -100,17 +93,8 @@ class AirflowStack:
         self.env = {
             **inherited,
             "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",  # components start `airflow` subprocesses
-            "AIRFLOW_HOME": str(self.home),
+            **airflow_settings(self.home, self.port),  # as `make up` runs them, but for these:
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(Path(__file__).resolve().parents[2] / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH,
-            "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(self.port),
-            "AIRFLOW__API__BASE_URL": self.base,
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base}/execution/",
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # only the runs a test triggers
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             **env,
@@ -128,30 +112,21 @@ class AirflowStack:
             if name != "triggerer":
                 proc.spawn([airflow, *self.args[name]], env=self.env, cwd=self.home)
         api = self.procs[-1]
-        net.wait_for(self.healthy, f"Airflow API server on {self.base}", timeout=timeout, log=api.log_file)
-        client = self.client()
-        deadline = time.monotonic() + timeout
-        while not all(client.session.get(f"{self.base}/api/v2/dags/{d}", timeout=10).ok for d in dag_ids):
-            assert time.monotonic() < deadline, f"DAGs {dag_ids} not parsed within {timeout}s"
-            time.sleep(1)
-        for dag_id in dag_ids:
-            client.unpause(dag_id)
-
-    def healthy(self) -> bool:
-        try:
-            return requests.get(f"{self.base}/api/v2/monitor/health", timeout=3).status_code == 200
-        except requests.RequestException:
-            return False
+        net.wait_for(lambda: airflow_api.healthy(self.base), f"Airflow API server on {self.base}", timeout=timeout,
+                     log=api.log_file)  # fmt: skip
+        with self.client() as client:
+            client.wait_for_dags(dag_ids, timeout=timeout)
+            for dag_id in dag_ids:
+                client.unpause(dag_id)
 
     def stop(self) -> None:
         for proc in self.procs:
             proc.stop()
 
-    def password(self, user: str = "admin") -> str:
-        return json.loads((self.home / "simple_auth_manager_passwords.json.generated").read_text())[user]
-
-    def client(self) -> AirflowClient:
-        return AirflowClient(self.base, "admin", self.password())
+    def client(self) -> AirflowAPI:
+        """Airflow's REST API as the admin user, with the password the simple auth manager generated."""
+        password = airflow_api.password_from_file(self.home / airflow_api.PASSWORDS_FILE, "admin")
+        return AirflowAPI.login(self.base, "admin", password)
 
     def task_logs(self) -> dict[Path, bytes]:
         return {path: path.read_bytes() for path in (self.home / "logs").rglob("*") if path.is_file()}
@@ -159,50 +134,3 @@ class AirflowStack:
 
 def subprocess_run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
-
-
-class AirflowClient:
-    """Airflow 3's REST API as a user drives it: a token from POST /auth/token, then /api/v2."""
-
-    def __init__(self, base: str, username: str, password: str) -> None:
-        self.base = base
-        self.session = requests.Session()
-        self.session.trust_env = False  # loopback only, never through a proxy
-        token = self.session.post(f"{base}/auth/token", json={"username": username, "password": password}, timeout=30)
-        token.raise_for_status()
-        self.session.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
-
-    def get(self, path: str, **params: Any) -> Any:
-        response = self.session.get(f"{self.base}/api/v2{path}", params=params, timeout=30)
-        response.raise_for_status()
-        return response.json()
-
-    def unpause(self, dag_id: str) -> None:
-        response = self.session.patch(f"{self.base}/api/v2/dags/{dag_id}", json={"is_paused": False}, timeout=30)
-        response.raise_for_status()
-
-    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
-        response = self.session.post(
-            f"{self.base}/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf}, timeout=30
-        )
-        response.raise_for_status()
-        return response.json()["dag_run_id"]
-
-    def states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
-        tis = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
-        return {ti["task_id"]: ti["state"] for ti in tis}
-
-    def wait(self, runs: list[tuple[str, str]], timeout: float = 900) -> dict[tuple[str, str], str]:
-        """Poll until every (dag_id, run_id) has ended; their final states."""
-        deadline = time.monotonic() + timeout
-        while True:
-            states = {(d, r): self.get(f"/dags/{d}/dagRuns/{r}")["state"] for d, r in runs}
-            if all(state in TERMINAL for state in states.values()):
-                return states
-            assert time.monotonic() < deadline, {k: (v, self.states(*k)) for k, v in states.items()}
-            time.sleep(3)
-
-    def asset_events(self, dag_id: str, run_id: str, asset: str) -> list[dict[str, Any]]:
-        """Extras of the events of Asset `asset` (by name) that this run emitted."""
-        events = self.get("/assets/events", source_dag_id=dag_id, source_run_id=run_id)["asset_events"]
-        return [e["extra"] for e in events if e.get("name") == asset]

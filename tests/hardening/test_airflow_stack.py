@@ -30,10 +30,11 @@ import devstack
 from devstack import components, rootfs
 from modelpkg.manifest import manifest_sha256
 from modelship import images, net
+from modelship.airflow_api import AirflowAPI
 from modelship.lineage import LABEL_MODEL_SHA256, LABEL_MODEL_VERSION, LABEL_REVISION
 from modelship.registry import RegistryClient
 from tests.e2e.pipeline import REPO
-from tests.hardening.support import AirflowClient, AirflowStack, image_leaks, leaks, quick_commits
+from tests.hardening.support import AirflowStack, image_leaks, leaks, quick_commits
 from tests.plugins.deploy_fixtures import Standin, build_standin
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.azurite]
@@ -141,8 +142,9 @@ def world(
 
 
 @pytest.fixture(scope="module")
-def client(world: World) -> AirflowClient:
-    return world.stack.client()
+def client(world: World) -> Iterator[AirflowAPI]:
+    with world.stack.client() as client:
+        yield client
 
 
 def credentials(registry: components.Registry) -> dict[str, bytes]:
@@ -177,17 +179,18 @@ def test_the_rest_api_refuses_requests_without_a_valid_token(world: World) -> No
     assert session.get(f"{base}/auth/token/login", timeout=10, allow_redirects=False).status_code == 403
 
 
-def test_a_token_from_the_login_opens_the_rest_api(world: World, client: AirflowClient) -> None:
-    dag_ids = {dag["dag_id"] for dag in client.get("/dags")["dags"]}
+def test_a_token_from_the_login_opens_the_rest_api(world: World, client: AirflowAPI) -> None:
+    dag_ids = {dag.dag_id for dag in client.dags()}
     assert {"ci", "release"} <= dag_ids
 
 
-def test_the_ui_shows_nothing_before_login(world: World, client: AirflowClient) -> None:
+def test_the_ui_shows_nothing_before_login(world: World, client: AirflowAPI) -> None:
     base, session = world.stack.base, anonymous()
+    logged_in = {"Authorization": f"Bearer {client.token}"}
     # The page itself is a static shell; everything it shows comes from /ui/*, which wants the login's token.
     for path in ("/ui/config", "/ui/dags"):
         assert session.get(f"{base}{path}", timeout=10).status_code == 401, path
-        assert client.session.get(f"{base}{path}", timeout=10).status_code == 200, path
+        assert session.get(f"{base}{path}", headers=logged_in, timeout=10).status_code == 200, path
     assert "<html" in session.get(f"{base}/auth/login", timeout=10).text  # where the UI sends a visitor
 
 
@@ -204,7 +207,7 @@ def test_the_execution_api_wants_a_task_token(world: World) -> None:
 
 
 @pytest.fixture(scope="module")
-def concurrent_runs(world: World, client: AirflowClient) -> dict[str, str]:
+def concurrent_runs(world: World, client: AirflowAPI) -> dict[str, str]:
     """ci for commit A, ci for commit B and a release, triggered back to back; waits for all three."""
     first, second = world.commits
     standin_ref = f"{world.registry.address}/{REPOSITORY}:standin-release"
@@ -213,14 +216,14 @@ def concurrent_runs(world: World, client: AirflowClient) -> dict[str, str]:
         "ci-b": ("ci", client.trigger("ci", {"commit": second})),
         "release": ("release", client.trigger("release", {"target": "docker", "image": standin_ref})),
     }
-    states = client.wait(list(runs.values()), timeout=1200)
-    failed = {name: client.states(*run) for name, run in runs.items() if states[run] != "success"}
+    ended = client.wait_all(runs.values(), timeout=1200)
+    failed = {name: client.task_states(*run) for name, run in runs.items() if ended[run].state != "success"}
     assert not failed, failed
     return {name: run_id for name, (_, run_id) in runs.items()}
 
 
 def test_two_ci_runs_and_a_release_at_once_leave_consistent_tags_and_events(
-    world: World, client: AirflowClient, concurrent_runs: dict[str, str]
+    world: World, client: AirflowAPI, concurrent_runs: dict[str, str]
 ) -> None:
     registry = RegistryClient(world.registry.address, world.registry.username, world.registry.password)
     try:
@@ -231,11 +234,11 @@ def test_two_ci_runs_and_a_release_at_once_leave_consistent_tags_and_events(
             labels = registry.labels(REPOSITORY, digest)
             assert labels[LABEL_REVISION] == commit  # each tag holds its own commit, not the other run's
             assert labels[LABEL_MODEL_VERSION] == "v1" and labels[LABEL_MODEL_SHA256] == world.model_sha256
-            [event] = client.asset_events("ci", concurrent_runs[name], "image")
+            [event] = [e.extra for e in client.asset_events("image", run=("ci", concurrent_runs[name]))]
             assert event["commit"] == commit and event["tag"] == tag
             assert event["digest"] == digest  # the event points at exactly what the registry serves
             assert event["repository"] == f"{world.registry.address}/{REPOSITORY}"
-        [deployment] = client.asset_events("release", concurrent_runs["release"], "deployment")
+        [deployment] = [e.extra for e in client.asset_events("deployment", run=("release", concurrent_runs["release"]))]
         assert deployment["image_digest"] == world.standin_digest
         assert registry.exists(REPOSITORY, deployment["image_digest"])
         assert deployment["commit"] == world.standin.commit and deployment["target"] == "docker"
@@ -269,10 +272,10 @@ def test_an_image_the_ci_pipeline_built_holds_no_credential(world: World, docker
 # --- a task that logs secrets (last: its unmasked copy in the scheduler log must not reach the scan above) ---
 
 
-def test_connection_secrets_logged_by_a_task_are_masked_in_its_log_file(world: World, client: AirflowClient) -> None:
+def test_connection_secrets_logged_by_a_task_are_masked_in_its_log_file(world: World, client: AirflowAPI) -> None:
     run_id = client.trigger("hardening_secrets_probe", {})
-    run = ("hardening_secrets_probe", run_id)
-    assert client.wait([run], timeout=300) == {run: "success"}
+    run = client.wait("hardening_secrets_probe", run_id, timeout=300)
+    assert run.state == "success", client.task_states("hardening_secrets_probe", run_id)
     [log_file] = (world.stack.home / "logs" / "dag_id=hardening_secrets_probe").rglob("attempt=1.log")
     text = log_file.read_text()
     events = [json.loads(line).get("event", "") for line in text.splitlines() if line.startswith("{")]

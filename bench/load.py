@@ -1,0 +1,85 @@
+"""Requests against the served app: the /score body every serving benchmark sends, waiting until a port
+answers, and a constant open-loop load that records every request."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+
+from modelship import net
+
+
+def sample_request() -> bytes:
+    """The /score body every serving benchmark sends: one held-out digit as a 64x64 PNG."""
+    import base64
+
+    from modelship.images import sample_digit
+
+    png, _ = sample_digit()
+    return json.dumps({"images": [base64.b64encode(png).decode("ascii")]}).encode()
+
+
+def wait_http(port: int, path: str = "/readyz", timeout: float = 60) -> None:
+    def ok() -> bool:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path)
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+
+    net.wait_for(ok, f"127.0.0.1:{port}{path}", timeout=timeout)
+
+
+class ConstantLoad:
+    """A light, constant open-loop load: `rate` POST /score a second on a fresh connection each.
+
+    Every request is recorded (time, ok, what went wrong), so a benchmark can count the failures in a
+    window, e.g. during a release's swap.
+    """
+
+    def __init__(self, port: int, body: bytes, rate: float = 10.0, timeout: float = 5.0) -> None:
+        self.port, self.body, self.interval, self.timeout = port, body, 1.0 / rate, timeout
+        self.records: list[tuple[float, bool, str]] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def _one(self) -> None:
+        started = time.monotonic()
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+            conn.request("POST", "/score", self.body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            conn.close()
+            ok, detail = response.status == 200, str(response.status)
+        except (OSError, http.client.HTTPException) as exc:
+            ok, detail = False, type(exc).__name__
+        with self._lock:
+            self.records.append((started, ok, detail))
+
+    def _loop(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            thread = threading.Thread(target=self._one, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+            next_at += self.interval
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def __enter__(self) -> ConstantLoad:
+        self._runner = threading.Thread(target=self._loop, daemon=True)
+        self._runner.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._runner.join()
+        for thread in self._threads:
+            thread.join(self.timeout + 1)
+
+    def failures(self, start: float = 0.0, end: float = float("inf")) -> list[tuple[float, bool, str]]:
+        return [r for r in self.records if start <= r[0] <= end and not r[1]]
