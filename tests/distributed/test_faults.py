@@ -83,7 +83,8 @@ def test_a_worker_killed_mid_task_loses_no_task_and_the_pushed_image_is_intact(
     tis = {ti.task_id: ti for ti in api.tasks("ci", run_id)}
     states = api.task_states("ci", run_id)
     assert run.state == "success", states
-    assert set(states.values()) == {"success"}, states
+    # Every step green; `announce` is the branch a run takes only when the image is already pushed.
+    assert states == {**dict.fromkeys(states, "success"), "announce": "skipped"}, states
     retried = tis[victim.task_id]
     # The killed try was failed by the scheduler (no heartbeat) and the task ran again, to success.
     assert retried.try_number >= 2, retried

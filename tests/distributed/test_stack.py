@@ -63,7 +63,9 @@ def test_the_first_nightly_release_with_nothing_built_yet_is_skipped_not_red(api
     assert scheduled, api.runs("release", limit=100)
     first = scheduled[-1]  # runs() lists the newest first
     assert first.state == "success", api.task_states("release", first.dag_run_id)
-    assert api.task_states("release", first.dag_run_id) == {"select_image": "skipped", "deploy": "skipped"}
+    assert api.task_states("release", first.dag_run_id) == dict.fromkeys(
+        ("select_image", "deploy", "record", "quarantine"), "skipped"
+    )
 
 
 def test_task_instances_of_the_flow_ran_on_both_workers(api: AirflowAPI, flow: dict[str, Any]) -> None:
@@ -99,8 +101,7 @@ def test_the_demo_tells_the_whole_story_on_this_stack(stack, host_env: dict[str,
         [sys.executable, "-m", "devstack", "demo"], capture_output=True, text=True, timeout=1800, env=os.environ.copy()
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    last = done.stdout.strip().splitlines()[-1]
-    assert last.startswith("==> demo complete"), last
+    [last] = [line for line in done.stdout.strip().splitlines() if line.startswith("==> demo complete")]
     assert last.endswith("tasks ran on worker-1, worker-2"), last
 
 
