@@ -1,4 +1,9 @@
-"""HTTP API: POST /score, GET /healthz, /readyz, /version, /metrics.
+"""HTTP API: POST /score, GET /, /healthz, /readyz, /version, /metrics (docs/scoring-api.md).
+
+/score speaks two dialects. {"images": [...]} gets {"model": ..., "predictions": [...]}. The classic
+{"input": "<JSON list>"} of the Azure "DevOps for AI apps" sample gets that sample's own answer,
+{"result": [<per image: top 3 [label, percent]>, "Computed in <ms> ms"]}, so its unchanged client (which
+reads result[0][0][0][0] as the first image's top label) keeps working.
 
 Client mistakes raise 4xx HTTP exceptions whose message says what to fix (and which image, by index);
 errors.py turns every one into JSON {"error": ...}. A 500 only ever means a bug here, never bad input.
@@ -7,6 +12,7 @@ errors.py turns every one into JSON {"error": ...}. A 500 only ever means a bug 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -72,6 +78,10 @@ def _images(payload: Any) -> tuple[str, list[Any]]:
 def _features(field: str, index: int, item: Any) -> np.ndarray:
     if not isinstance(item, str):
         raise BadRequest(f"{field}[{index}]: must be a base64 string, got {type(item).__name__}")
+    if field == "input" and item.startswith("b'") and item.endswith("'"):
+        # The sample's driver accepted str(bytes) too, the b'...' a Python 3 client gets from
+        # str(base64.b64encode(data)); ' is not base64, so this never changes a valid string.
+        item = item[2:-1]
     try:
         return image_to_features(decode_base64(item), current_app.config["MAX_IMAGE_PIXELS"])
     except ImageTooLarge as exc:
@@ -93,14 +103,28 @@ def score() -> Response:
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise BadRequest(f"malformed JSON: {exc}") from None
     field, images = _images(payload)
+    started = time.perf_counter()
     batch = np.stack([_features(field, index, item) for index, item in enumerate(images)])
     probabilities = model.predict(batch)
     metrics.IMAGES.inc(len(images))
-    predictions = []
-    for row in probabilities:
-        top = np.argsort(-row, kind="stable")[:3]
-        predictions.append({"top3": [{"label": model.labels[i], "probability": round(float(row[i]), 6)} for i in top]})
+    tops = [(row, np.argsort(-row, kind="stable")[:3]) for row in probabilities]
+    if field == "input":
+        # The sample's driver: per image its top 3 as [label, percent], then the time spent on decoding,
+        # scoring and ranking (not on parsing the request), in ms rounded to 2 decimals. Percent keeps the
+        # precision of "probability" below (6 decimals of 0..1 are 4 decimals of 0..100).
+        result = [[[model.labels[i], round(float(row[i]) * 100, 4)] for i in top] for row, top in tops]
+        elapsed = round((time.perf_counter() - started) * 1000, 2)
+        return jsonify(result=[result, f"Computed in {elapsed} ms"])
+    predictions = [
+        {"top3": [{"label": model.labels[i], "probability": round(float(row[i]), 6)} for i in top]} for row, top in tops
+    ]
     return jsonify(model={"name": model.name, "version": model.version}, predictions=predictions)
+
+
+@bp.get("/")
+def home() -> Response:
+    # The sample's client probes GET / for this plain-text answer before scoring.
+    return Response("Healthy", content_type="text/plain; charset=utf-8")
 
 
 @bp.get("/healthz")

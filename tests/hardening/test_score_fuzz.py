@@ -25,7 +25,7 @@ from PIL import Image
 
 from classifier import create_app
 from tests.app.conftest import Gunicorn, http
-from tests.app.test_fuzz import REAL, b64, bodies, content_types, image_bytes, json_values
+from tests.app.test_fuzz import REAL, b64, bodies, check_scores, content_types, image_bytes, json_values
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning"),
@@ -102,10 +102,7 @@ def check_answer(status: int, body: bytes, sent: bytes, content_type: str) -> No
     assert 400 <= status < 500 or status == 200, (status, body[:300])
     answer = json.loads(body)
     if status == 200:
-        payload = json.loads(sent)
-        images = payload.get("images") if "images" in payload else json.loads(payload["input"])
-        assert len(answer["predictions"]) == len(images)
-        assert all(len(p["top3"]) == 3 for p in answer["predictions"])
+        check_scores(json.loads(sent), answer)
     else:
         assert set(answer) == {"error"} and isinstance(answer["error"], str) and answer["error"], answer
 
