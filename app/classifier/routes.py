@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request
+from PIL import Image
 from werkzeug.exceptions import (
     BadRequest,
     RequestEntityTooLarge,
@@ -25,7 +26,7 @@ from werkzeug.exceptions import (
 )
 
 from . import metrics
-from .imaging import ImageError, ImageTooLarge, decode_base64, image_to_features
+from .imaging import ImageError, ImageTooLarge, decode_base64, features, open_image
 from .model import Model
 
 bp = Blueprint("classifier", __name__)
@@ -75,7 +76,8 @@ def _images(payload: Any) -> tuple[str, list[Any]]:
     return field, images
 
 
-def _features(field: str, index: int, item: Any) -> np.ndarray:
+def _open(field: str, index: int, item: Any) -> Image.Image:
+    """The index-th image, header read only; 400/413 naming it if it is unusable or too large."""
     if not isinstance(item, str):
         raise BadRequest(f"{field}[{index}]: must be a base64 string, got {type(item).__name__}")
     if field == "input" and item.startswith("b'") and item.endswith("'"):
@@ -83,11 +85,42 @@ def _features(field: str, index: int, item: Any) -> np.ndarray:
         # str(base64.b64encode(data)); ' is not base64, so this never changes a valid string.
         item = item[2:-1]
     try:
-        return image_to_features(decode_base64(item), current_app.config["MAX_IMAGE_PIXELS"])
+        return open_image(decode_base64(item), current_app.config["MAX_IMAGE_PIXELS"])
     except ImageTooLarge as exc:
         raise RequestEntityTooLarge(f"{field}[{index}]: {exc}") from None
     except ImageError as exc:
         raise BadRequest(f"{field}[{index}]: {exc}") from None
+
+
+def _features(field: str, images: list[Any]) -> np.ndarray:
+    """float32 [N, 64] of the request's images, once the pixels of all of them fit the request's budget.
+
+    Every header is read before any image is decoded: decoding time grows with pixels, and a sync worker
+    busy for longer than gunicorn's timeout (30 s) is killed mid-request. MAX_IMAGE_PIXELS bounds one
+    image, MAX_REQUEST_PIXELS the sum, so a request's worst case stays about a second.
+    """
+    opened: list[Image.Image] = []
+    try:
+        for index, item in enumerate(images):
+            opened.append(_open(field, index, item))
+        total, limit = sum(image.width * image.height for image in opened), current_app.config["MAX_REQUEST_PIXELS"]
+        if total > limit:
+            raise RequestEntityTooLarge(
+                f'"{field}" has {total} pixels in all, over the limit of {limit} pixels per request '
+                "(MAX_REQUEST_PIXELS): send fewer or smaller images per request"
+            )
+        rows = []
+        for index, image in enumerate(opened):
+            try:
+                rows.append(features(image))
+            except ImageTooLarge as exc:
+                raise RequestEntityTooLarge(f"{field}[{index}]: {exc}") from None
+            except ImageError as exc:
+                raise BadRequest(f"{field}[{index}]: {exc}") from None
+        return np.stack(rows)
+    finally:
+        for image in opened:
+            image.close()  # features() closed those it decoded; closing twice is harmless
 
 
 @bp.post("/score")
@@ -104,8 +137,7 @@ def score() -> Response:
         raise BadRequest(f"malformed JSON: {exc}") from None
     field, images = _images(payload)
     started = time.perf_counter()
-    batch = np.stack([_features(field, index, item) for index, item in enumerate(images)])
-    probabilities = model.predict(batch)
+    probabilities = model.predict(_features(field, images))
     metrics.IMAGES.inc(len(images))
     tops = [(row, np.argsort(-row, kind="stable")[:3]) for row in probabilities]
     if field == "input":

@@ -146,6 +146,25 @@ def test_decompression_bomb_header_is_413_not_500(client):
     assert_error(client.post("/score", json={"images": [bomb]}), 413, "images[0]:")
 
 
+def test_request_over_the_pixel_budget_is_413_naming_the_limit(model_package, digit_b64, heldout):
+    app = create_app({"TESTING": True, "MODEL_DIR": str(model_package), "MAX_REQUEST_PIXELS": 3 * 64 * 64})
+    client = app.test_client()
+    image = digit_b64(heldout[0][0], size=64)
+    assert client.post("/score", json={"images": [image] * 3}).status_code == 200  # exactly the budget
+    message = assert_error(client.post("/score", json={"images": [image] * 4}), 413, "limit of 12288 pixels")
+    assert "16384 pixels" in message and "MAX_REQUEST_PIXELS" in message
+    assert_error(client.post("/score", json={"input": json.dumps([image] * 4)}), 413, '"input" has 16384 pixels')
+
+
+def test_pixel_budget_is_checked_from_the_headers_before_any_image_is_decoded(client):
+    # Three 3000x3000 headers (each under MAX_IMAGE_PIXELS) over the default 32 Mpx budget; their pixel
+    # data is a few bytes, so decoding any of them would answer 400 "corrupt or truncated" instead.
+    bomb = b64(png_header_only(3000, 3000))
+    response = client.post("/score", json={"images": [bomb, bomb, bomb, bomb]})
+    assert_error(response, 413, "36000000 pixels in all, over the limit of 33554432 pixels per request")
+    assert_error(client.post("/score", json={"images": [bomb]}), 400, "images[0]: image data is corrupt")
+
+
 # ---------------------------------------------------------------------------------- 404, 405, 500, 503
 
 
