@@ -106,3 +106,20 @@ def test_healthcheck_fails_when_nothing_listens(free_port):
         capture_output=True, text=True, check=False, timeout=30,
     )  # fmt: skip
     assert result.returncode == 1 and "unhealthy" in result.stderr
+
+
+def test_a_large_body_answered_without_reading_it_still_gets_its_error_not_a_reset(model_package, gunicorn):
+    # 415 is decided from the headers alone; gunicorn closes the connection after answering, and closing
+    # with megabytes unread would reset it while the client is still sending, hiding the 415.
+    server = gunicorn(model_package, workers=1)
+    server.wait_ready()
+    body = b'{"images": ["' + b"A" * (6 * 1024 * 1024) + b'"]}'
+    for _ in range(3):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            connection.request("POST", "/score", body=body, headers={"Content-Type": "text/plain"})
+            response = connection.getresponse()
+            assert response.status == 415
+            assert json.loads(response.read()) == {"error": "Content-Type must be application/json"}
+        finally:
+            connection.close()
