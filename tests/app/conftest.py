@@ -182,6 +182,16 @@ class Gunicorn:
             time.sleep(0.2)
         raise AssertionError(f"gunicorn not ready within {timeout}s:\n{self.stderr.read_text()}")
 
+    def access_lines(self, fragment: str, count: int, timeout: float = 10) -> list[str]:
+        """The access log's lines containing `fragment`, once there are `count` of them: the log is written
+        in batches, at most about a second late (classifier/accesslog.py)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line for line in self.stdout.read_text().splitlines() if fragment in line]
+            if len(lines) >= count or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.1)
+
     def pids(self, path: str) -> set[str]:
         """Worker pids that answered requests for `path`, from the access log (it ends with <pid>)."""
         lines = self.stdout.read_text().splitlines()
