@@ -33,6 +33,8 @@ def drain_unread_body(response: Response) -> Response:
     says what to fix. Only a body within MAX_CONTENT_LENGTH is read (what /score would read anyway), in
     chunks that are dropped; a larger one keeps Werkzeug's 413 and is never read.
     """
+    if response.status_code < 400:  # answered, so the body was read: nothing to do on the hot path
+        return response
     length, limit = request.content_length, request.max_content_length
     if length and (limit is None or length <= limit):
         try:
