@@ -1,7 +1,7 @@
 """gunicorn settings for the classifier: `gunicorn -c gunicorn.conf.py` (from app/ or the image's /app).
 
 Environment: APP_BIND (default 127.0.0.1:8000; several addresses separated by commas), APP_WORKERS (2),
-APP_THREADS (1), APP_TIMEOUT (30 s), APP_GRACEFUL_TIMEOUT (20 s).
+APP_THREADS (1), APP_WORKER_CLASS (sync), APP_TIMEOUT (30 s), APP_GRACEFUL_TIMEOUT (20 s).
 Everything written at run time goes to one fresh folder under $TMPDIR (/tmp, a tmpfs in the container), so
 the app runs on a read-only root filesystem. A worker that cannot load the model fails to boot, and
 gunicorn then exits non-zero with the reason on stderr.
@@ -45,6 +45,11 @@ bind = [address.strip() for address in os.environ.get("APP_BIND", "127.0.0.1:800
 reuse_port = True
 workers = int(os.environ.get("APP_WORKERS", "2"))
 threads = int(os.environ.get("APP_THREADS", "1"))
+# sync (one request at a time, "Connection: close" after each) is the default because its timeout is per
+# request: a worker stuck longer than APP_TIMEOUT is killed and replaced. gthread keeps connections alive
+# (cheaper for clients that send many requests) but its timeout only watches the worker's main loop, so a
+# stuck request is never killed. APP_THREADS > 1 makes gunicorn use gthread anyway (docs/scoring-api.md).
+worker_class = os.environ.get("APP_WORKER_CLASS", "sync")
 timeout = int(os.environ.get("APP_TIMEOUT", "30"))
 # SIGTERM: workers stop accepting, finish the request in hand and exit; after this many seconds the master
 # kills those still busy. Keep it above the slowest request and below the supervisor's grace period.

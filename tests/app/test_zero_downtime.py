@@ -39,10 +39,13 @@ def tcp_migrate_req(value: str) -> Iterator[None]:
 
 
 class Load:
-    """CLIENTS threads POSTing /score back to back, a new connection each (as gunicorn's sync worker closes
-    every connection after its response); counts answers by status and connection errors by type."""
+    """CLIENTS threads POSTing /score back to back; counts answers by status and connection errors by type.
 
-    def __init__(self, port: int, body: bytes) -> None:
+    keep_alive: each thread reuses one connection while the server keeps it open (as requests.Session,
+    wrk or a proxy do) instead of opening one per request."""
+
+    def __init__(self, port: int, body: bytes, keep_alive: bool = False) -> None:
+        self.port, self.keep_alive = port, keep_alive
         self.url, self.body = f"http://127.0.0.1:{port}/score", body
         self.statuses: Counter[int] = Counter()
         self.errors: Counter[str] = Counter()
@@ -50,14 +53,27 @@ class Load:
         self.stopping = threading.Event()
         self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(CLIENTS)]
 
+    def post(self, connection: HTTPConnection | None) -> tuple[int, bytes]:
+        if connection is None:
+            return http("POST", self.url, self.body, {"Content-Type": "application/json"}, timeout=30)
+        connection.request("POST", "/score", body=self.body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        answer = response.read()
+        if response.will_close:  # "Connection: close": the next request opens a new connection
+            connection.close()
+        return response.status, answer
+
     def client(self) -> None:
+        connection = HTTPConnection("127.0.0.1", self.port, timeout=30) if self.keep_alive else None
         while not self.stopping.is_set():
             try:
-                status, answer = http("POST", self.url, self.body, {"Content-Type": "application/json"}, timeout=30)
+                status, answer = self.post(connection)
                 outcome = status if status != 200 or json.loads(answer)["predictions"] else -1
             except (OSError, HTTPException) as exc:  # refused, reset, cut short: the client saw it fail
                 with self.lock:
                     self.errors[type(getattr(exc, "reason", exc)).__name__] += 1
+                if connection is not None:
+                    connection.close()
                 continue
             except Exception as exc:  # an answer that is not the JSON of a score: counted, never lost
                 with self.lock:
@@ -97,17 +113,22 @@ def score_lines(server) -> int:
 # of 10 had 1 to 7 connection resets (21 in all); with 1, none in 20 runs. A host whose releases replace
 # a server in place needs it too. ZERO_DOWNTIME_MIGRATE_REQ=0 runs the test without it, to see the resets.
 @pytest.mark.skipif(os.geteuid() != 0 or not TCP_MIGRATE_REQ.exists(), reason="needs root and Linux >= 5.14")
+@pytest.mark.parametrize(
+    ("worker_class", "keep_alive"),
+    [("sync", False), ("sync", True), ("gthread", True)],
+    ids=["sync-connection-per-request", "sync-keep-alive-client", "gthread-keep-alive"],
+)  # sync answers "Connection: close" to everyone; gthread (APP_WORKER_CLASS) keeps connections open
 def test_new_server_takes_over_the_port_and_the_old_one_stops_without_failing_a_request(
-    model_package, gunicorn, heldout, digit_b64
+    model_package, gunicorn, heldout, digit_b64, worker_class, keep_alive
 ):
     body = json.dumps({"images": [digit_b64(heldout[0][0], size=16)]}).encode()
     with tcp_migrate_req(os.environ.get("ZERO_DOWNTIME_MIGRATE_REQ", "1")):
-        old = gunicorn(model_package, workers=2)
+        old = gunicorn(model_package, workers=2, APP_WORKER_CLASS=worker_class)
         old.wait_ready()
         old.wait_all_workers(2)
-        with Load(old.port, body) as load:
+        with Load(old.port, body, keep_alive) as load:
             time.sleep(1.5)
-            new = gunicorn(model_package, workers=2, serving_port=old.port)
+            new = gunicorn(model_package, workers=2, serving_port=old.port, APP_WORKER_CLASS=worker_class)
             new.wait_ready()  # on its private port, where only the new server listens
             new.wait_all_workers(2)
             assert http("GET", f"{new.base}/version")[0] == 200
