@@ -1,7 +1,8 @@
 """gunicorn settings for the classifier: `gunicorn -c gunicorn.conf.py` (from app/ or the image's /app).
 
-Environment: APP_BIND (default 127.0.0.1:8000; several addresses separated by commas), APP_WORKERS (2),
-APP_THREADS (1), APP_WORKER_CLASS (sync), APP_TIMEOUT (30 s), APP_GRACEFUL_TIMEOUT (20 s).
+Environment: APP_BIND (default 127.0.0.1:8000; several addresses separated by commas), APP_VERIFY_BIND
+(none; more addresses, for verifying this server alone), APP_WORKERS (2), APP_THREADS (1), APP_WORKER_CLASS
+(sync), APP_TIMEOUT (30 s), APP_GRACEFUL_TIMEOUT (20 s).
 Everything written at run time goes to one fresh folder under $TMPDIR (/tmp, a tmpfs in the container), so
 the app runs on a read-only root filesystem. A worker that cannot load the model fails to boot, and
 gunicorn then exits non-zero with the reason on stderr.
@@ -9,7 +10,8 @@ gunicorn then exits non-zero with the reason on stderr.
 Zero-downtime replacement (docs/scoring-api.md): every address is bound with SO_REUSEPORT, so a new
 server (same uid) can bind the serving port while the old one still serves, e.g.
 APP_BIND=127.0.0.1:8000,127.0.0.1:41234 where the second, private port lets the new server be verified
-before the old one is stopped. SIGTERM is a graceful stop: each worker finishes the request it is serving
+before the old one is stopped (or APP_BIND=127.0.0.1:8000 APP_VERIFY_BIND=127.0.0.1:41234, as modelship's
+docker target sets them). SIGTERM is a graceful stop: each worker finishes the request it is serving
 and exits; workers still busy after graceful_timeout are killed, so a supervisor's own grace period
 (Kubernetes' terminationGracePeriodSeconds) must be longer than APP_GRACEFUL_TIMEOUT.
 """
@@ -36,7 +38,8 @@ if pythonpath not in sys.path:  # for the logger below, imported before gunicorn
     sys.path.insert(0, pythonpath)
 from classifier.accesslog import FORMAT, Logger  # noqa: E402 (imports neither Flask nor onnxruntime)
 
-bind = [address.strip() for address in os.environ.get("APP_BIND", "127.0.0.1:8000").split(",") if address.strip()]
+_binds = f'{os.environ.get("APP_BIND", "127.0.0.1:8000")},{os.environ.get("APP_VERIFY_BIND", "")}'
+bind = [address.strip() for address in _binds.split(",") if address.strip()]  # serving first, then verification
 # SO_REUSEPORT: a second server (same uid) may bind the same port, and the kernel spreads new connections
 # over both; that is how a release starts the new server before stopping the old one. With it, gunicorn
 # binds a listener in each worker instead of one in the master. When a listener closes (a worker exits),
@@ -87,7 +90,7 @@ def on_starting(server: Any) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             probe.bind((host.strip("[]"), int(port)))
         except (OSError, ValueError) as exc:
-            server.log.error("cannot bind %s (APP_BIND): %s", address, exc)
+            server.log.error("cannot bind %s (APP_BIND, APP_VERIFY_BIND): %s", address, exc)
             shutil.rmtree(_runtime, ignore_errors=True)
             sys.exit(1)
         finally:

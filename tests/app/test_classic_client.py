@@ -1,9 +1,10 @@
 """The Azure "DevOps for AI apps" sample's client, unchanged, against the app under real gunicorn.
 
 The sample's integration test (tests/integration/classify.py) fits each picture to 224x224 RGB, sends it as
-PNG base64 in {"input": "[\"<base64>\"]"} with requests, and takes json["result"][0][0][0][0] as the top
-label; its test_api.sh first probes the server. Both are reproduced here as the sample wrote them, with
-one difference: the session ignores proxy settings, so the requests stay on loopback.
+PNG base64 in {"input": "[\"<base64>\"]"} with requests.post(url, data=jsonimg, headers={"content-type":
+"application/json"}), and takes json["result"][0][0][0][0] as the top label; its client also probes the
+server first. Both are reproduced here: the same body bytes and header, sent with the standard library
+(the app's test environment has no requests) and without proxies, so they stay on loopback.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import json
 import re
 from io import BytesIO
 
-import requests
 from PIL import Image, ImageOps
+
+from tests.app.conftest import http
 
 
 def to_base64(img: Image.Image) -> str:  # the sample's own helper
@@ -30,22 +32,24 @@ def sample_client_json(picture: Image.Image) -> str:
     return json.dumps({"input": f'["{to_base64(img)}"]'})  # the sample's '[\"{0}\"]'.format(...)
 
 
+def post(url: str, data: str, headers: dict[str, str]) -> tuple[int, dict]:
+    """requests.post(url, data=data, headers=headers) as the sample calls it: a str body goes out as is."""
+    status, body = http("POST", url, data.encode("latin-1"), headers, timeout=30)
+    return status, json.loads(body)
+
+
 def test_the_samples_client_gets_the_right_top_label_from_real_gunicorn(model_package, gunicorn, heldout, digit_image):
     server = gunicorn(model_package, workers=2)
     server.wait_ready()
-    session = requests.Session()
-    session.trust_env = False  # no proxy for 127.0.0.1
-    home = session.get(f"{server.base}/", timeout=10)
-    assert home.status_code == 200 and home.text == "Healthy"
+    assert http("GET", f"{server.base}/") == (200, b"Healthy")
 
     x, y = heldout
     headers = {"content-type": "application/json"}
     correct = 0
     for index in range(20):
         jsonimg = sample_client_json(digit_image(x[index], size=64))
-        r = session.post(f"{server.base}/score", data=jsonimg, headers=headers, timeout=30)
-        assert r.status_code == 200, r.text
-        json_response = r.json()
+        status, json_response = post(f"{server.base}/score", data=jsonimg, headers=headers)
+        assert status == 200, json_response
         prediction = json_response["result"][0][0][0][0]
         correct += prediction == str(y[index])
         # The rest of the sample's answer: one image, its top 3 as [label, percent], then the timing.
@@ -62,15 +66,13 @@ def test_several_images_in_one_classic_request_answer_in_order(model_package, gu
     server.wait_ready()
     x, y = heldout
     images = [digit_b64(pixels, size=64) for pixels in x[:6]]
-    session = requests.Session()
-    session.trust_env = False
-    r = session.post(f"{server.base}/score", data=json.dumps({"input": json.dumps(images)}),
-                     headers={"content-type": "application/json"}, timeout=30)  # fmt: skip
-    assert r.status_code == 200
-    result, _ = r.json()["result"]
+    headers = {"content-type": "application/json"}
+    status, answer = post(f"{server.base}/score", data=json.dumps({"input": json.dumps(images)}), headers=headers)
+    assert status == 200
+    result, _ = answer["result"]
     labels = [top3[0][0] for top3 in result]
     assert sum(label == str(truth) for label, truth in zip(labels, y[:6], strict=True)) >= 5
     # The modern dialect, unchanged beside it, ranks the same images the same way.
-    modern = session.post(f"{server.base}/score", json={"images": images}, timeout=30).json()
-    assert set(modern) == {"model", "predictions"}
+    status, modern = post(f"{server.base}/score", data=json.dumps({"images": images}), headers=headers)
+    assert status == 200 and set(modern) == {"model", "predictions"}
     assert [p["top3"][0]["label"] for p in modern["predictions"]] == labels
