@@ -38,7 +38,7 @@ if pythonpath not in sys.path:  # for the logger below, imported before gunicorn
     sys.path.insert(0, pythonpath)
 from classifier.accesslog import FORMAT, Logger  # noqa: E402 (imports neither Flask nor onnxruntime)
 
-_binds = f'{os.environ.get("APP_BIND", "127.0.0.1:8000")},{os.environ.get("APP_VERIFY_BIND", "")}'
+_binds = f"{os.environ.get('APP_BIND', '127.0.0.1:8000')},{os.environ.get('APP_VERIFY_BIND', '')}"
 bind = [address.strip() for address in _binds.split(",") if address.strip()]  # serving first, then verification
 # SO_REUSEPORT: a second server (same uid) may bind the same port, and the kernel spreads new connections
 # over both; that is how a release starts the new server before stopping the old one. With it, gunicorn

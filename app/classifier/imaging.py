@@ -5,7 +5,8 @@ on a zero background. Any picture of a single digit is brought to that conventio
 
 1. decode strict base64 (a `data:image/...;base64,` prefix is accepted) and open it with Pillow, only as
    one of FORMATS, reading the header alone: the caller checks its pixel count (per image and per
-   request) before anything is decoded; a JPEG with more than MAX_JPEG_SCANS scans is refused here;
+   request; pixel_cost, where a WEBP counts twice) before anything is decoded; a JPEG with more than
+   MAX_JPEG_SCANS scans is refused here;
 2. decode and shrink to WORKING_SIZE first, averaging, before any other step touches the pixels (palette
    and 1-bit images go through a 1-byte lookup of their final gray, so they can be averaged too); then
    apply the EXIF rotation, flatten transparency onto white and convert to grayscale, all at 256 px;
@@ -37,6 +38,11 @@ WORKING_SIZE = 256  # shrink big images first: the bounding box needs no more pr
 # pixels while a scan can be 16 bytes: 20,000 of them in a 0.4 MB request kept a worker busy for 7 s.
 # libjpeg writes 10 scans (6 for grayscale), mozjpeg a few dozen at most.
 MAX_JPEG_SCANS = 100
+# Peak memory of decoding and shrinking, per pixel, measured at 16 Mpx: ~8 bytes for an RGBA PNG (the image,
+# then its premultiplied copy while shrinking), ~16 for a WEBP (libwebp's canvas, a copy, then the image).
+# A WEBP's pixels count twice against MAX_IMAGE_PIXELS and MAX_REQUEST_PIXELS, so that no image accepted
+# costs more memory than the largest PNG: a 300-byte lossless WEBP of 4096 x 4096 took a worker to 460 MB.
+PIXEL_WEIGHT = {"WEBP": 2}
 _SOS = b"\xff\xda"  # JPEG start-of-scan marker; never inside entropy-coded data, where 0xFF is followed by 0x00
 # EXIF Orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose does).
 _ORIENTATION = {
@@ -82,16 +88,23 @@ def open_image(raw: bytes, max_pixels: int) -> Image.Image:
         raise ImageTooLarge(str(exc)) from None
     except Exception:  # Pillow raises many types on corrupt headers; all mean the same to the client
         raise ImageError(f"not a supported image ({', '.join(FORMATS)})") from None
-    width, height = image.size
-    if width * height > max_pixels:
+    if pixel_cost(image) > max_pixels:
         image.close()
-        raise ImageTooLarge(f"image is {width}x{height} pixels, more than the {max_pixels} allowed")
+        width, height = image.size
+        weight = PIXEL_WEIGHT.get(image.format or "", 1)
+        counted = f" (a {image.format} counts {weight}x)" if weight > 1 else ""
+        raise ImageTooLarge(f"image is {width}x{height} pixels{counted}, more than the {max_pixels} allowed")
     # An upper bound (an EXIF thumbnail's or stray bytes in a metadata segment count too), which is all a
     # limit this far above real encoders needs.
     if image.format == "JPEG" and (scans := raw.count(_SOS)) > MAX_JPEG_SCANS:
         image.close()
         raise ImageTooLarge(f"JPEG has {scans} scans, more than the limit of {MAX_JPEG_SCANS}")
     return image
+
+
+def pixel_cost(image: Image.Image) -> int:
+    """width x height, times PIXEL_WEIGHT for formats that need more memory per pixel to decode."""
+    return image.width * image.height * PIXEL_WEIGHT.get(image.format or "", 1)
 
 
 def _palette_gray(image: Image.Image) -> Image.Image:

@@ -26,7 +26,7 @@ from werkzeug.exceptions import (
 )
 
 from . import metrics
-from .imaging import ImageError, ImageTooLarge, decode_base64, features, open_image
+from .imaging import PIXEL_WEIGHT, ImageError, ImageTooLarge, decode_base64, features, open_image, pixel_cost
 from .model import Model
 
 bp = Blueprint("classifier", __name__)
@@ -103,14 +103,19 @@ def _features(field: str, images: list[Any]) -> np.ndarray:
     try:
         for index, item in enumerate(images):
             opened.append(_open(field, index, item))
-        total, limit = sum(image.width * image.height for image in opened), current_app.config["MAX_REQUEST_PIXELS"]
+        total, limit = sum(pixel_cost(image) for image in opened), current_app.config["MAX_REQUEST_PIXELS"]
         if total > limit:
+            weighted = sorted({image.format for image in opened if image.format in PIXEL_WEIGHT})
+            counted = "".join(f" (a {name} counts {PIXEL_WEIGHT[name]}x)" for name in weighted)
             raise RequestEntityTooLarge(
-                f'"{field}" has {total} pixels in all, over the limit of {limit} pixels per request '
+                f'"{field}" has {total} pixels in all{counted}, over the limit of {limit} pixels per request '
                 "(MAX_REQUEST_PIXELS): send fewer or smaller images per request"
             )
-        rows = []
-        for index, image in enumerate(opened):
+        rows: list[np.ndarray] = []
+        while opened:
+            # Out of the list before decoding, so each image is freed as soon as the next one replaces it:
+            # some decoders (libwebp) keep full-size buffers until the image object itself goes.
+            index, image = len(rows), opened.pop(0)
             try:
                 rows.append(features(image))
             except ImageTooLarge as exc:
@@ -119,8 +124,8 @@ def _features(field: str, images: list[Any]) -> np.ndarray:
                 raise BadRequest(f"{field}[{index}]: {exc}") from None
         return np.stack(rows)
     finally:
-        for image in opened:
-            image.close()  # features() closed those it decoded; closing twice is harmless
+        for image in opened:  # those not decoded, after an error
+            image.close()
 
 
 @bp.post("/score")

@@ -165,6 +165,20 @@ def test_pixel_budget_is_checked_from_the_headers_before_any_image_is_decoded(cl
     assert_error(client.post("/score", json={"images": [bomb]}), 400, "images[0]: image data is corrupt")
 
 
+def test_a_webp_counts_twice_against_both_pixel_limits(model_package, heldout, digit_image, encode):
+    # libwebp needs about twice the memory per pixel of a PNG to decode: a WEBP of 4096 x 4096 took a worker
+    # to 460 MB. The same picture is accepted as a PNG and refused as a WEBP at the same limit.
+    limits = {"MAX_IMAGE_PIXELS": 100 * 100, "MAX_REQUEST_PIXELS": 3 * 80 * 80}
+    client = create_app({"TESTING": True, "MODEL_DIR": str(model_package), **limits}).test_client()
+    big, small = digit_image(heldout[0][0], size=80), digit_image(heldout[0][0], size=60)
+    assert client.post("/score", json={"images": [encode(big, "PNG")]}).status_code == 200
+    response = client.post("/score", json={"images": [encode(big, "WEBP", lossless=True)]})
+    assert_error(response, 413, "images[0]: image is 80x80 pixels (a WEBP counts 2x), more than the 10000 allowed")
+    assert client.post("/score", json={"images": [encode(small, "WEBP", lossless=True)] * 2}).status_code == 200
+    response = client.post("/score", json={"images": [encode(small, "WEBP", lossless=True)] * 3})
+    assert_error(response, 413, '"images" has 21600 pixels in all (a WEBP counts 2x), over the limit of 19200')
+
+
 # ---------------------------------------------------------------------------------- 404, 405, 500, 503
 
 

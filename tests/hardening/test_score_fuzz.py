@@ -203,6 +203,7 @@ def test_a_real_gunicorn_answers_hundreds_of_hostile_bodies_and_keeps_serving(se
 PRODUCTION = {name: default for name, (default, _) in SETTINGS.items()}  # the app's own defaults
 WORKER_TIMEOUT = 30  # gunicorn.conf.py's default APP_TIMEOUT, which the production server keeps
 SIDE = 4096  # MAX_IMAGE_PIXELS = SIDE x SIDE; two of them fill MAX_REQUEST_PIXELS
+POD_MEMORY_MIB = 512  # k8s/base/deployment.yaml: resources.limits.memory of the app's pod (2 workers)
 
 
 def png_16bit_rgba(side: int) -> bytes:
@@ -241,10 +242,11 @@ def worst_images() -> dict[str, bytes]:
     16-bit and 8-bit RGBA PNG, lossless WEBP, palette PNG with transparency, 1-bit, CMYK TIFF), and a
     progressive JPEG at the scan limit. Built once, on first use: encoding them takes seconds."""
     palette = bar(SIDE, "P")
-    return {
+    return {  # each at MAX_IMAGE_PIXELS: 4096 x 4096
         "PNG 16-bit RGBA": png_16bit_rgba(SIDE),
         "PNG RGBA": encode(bar(SIDE, "RGBA"), "PNG"),
-        "WEBP lossless RGBA": encode(bar(SIDE, "RGBA"), "WEBP", lossless=True, method=0),
+        # A WEBP counts twice against the limits (imaging.PIXEL_WEIGHT): the largest accepted is half the pixels.
+        "WEBP lossless RGBA": encode(bar(int(SIDE / 2**0.5), "RGBA"), "WEBP", lossless=True, method=0),
         "PNG P + transparency": encode(palette, "PNG", transparency=palette.getpixel((0, 0))),  # clear paper
         "PNG 1-bit": encode(bar(SIDE, "1"), "PNG"),
         "TIFF CMYK LZW": encode(bar(SIDE, "CMYK"), "TIFF", compression="tiff_lzw"),
@@ -263,7 +265,7 @@ def progressive_jpeg_at_the_scan_limit(side: int) -> bytes:
 def worst_requests() -> dict[str, bytes]:
     """The most expensive bodies the production limits accept: two worst images (the whole pixel budget)
     of each kind, and MAX_IMAGES RGBA images that share the budget."""
-    bodies = {f"2 x {SIDE}x{SIDE} {kind}": json.dumps({"images": [b64(data)] * 2}).encode()
+    bodies = {f"2 x {kind}": json.dumps({"images": [b64(data)] * 2}).encode()
               for kind, data in worst_images().items()}  # fmt: skip
     side = int((PRODUCTION["MAX_REQUEST_PIXELS"] / PRODUCTION["MAX_IMAGES"]) ** 0.5)
     many = [b64(encode(bar(side, "RGBA"), "PNG"))] * PRODUCTION["MAX_IMAGES"]
@@ -378,9 +380,27 @@ def test_worst_case_requests_at_production_limits_finish_far_inside_the_worker_t
         timings[name] = time.monotonic() - started
         assert status == 200, (name, answer[:300])  # accepted: these are the limits' own worst cases
         assert len(json.loads(answer)["predictions"]) == len(json.loads(body)["images"])
+    peak = {pid: peak_rss_mib(pid) for pid in workers}
     print("\nworst accepted requests at production limits (s, 2 workers, this machine's load "
-          f"{os.getloadavg()[0]:.1f}):\n" + "\n".join(f"  {t:6.2f}  {n}" for n, t in timings.items()))  # fmt: skip
+          f"{os.getloadavg()[0]:.1f}):\n" + "\n".join(f"  {t:6.2f}  {n}" for n, t in timings.items())
+          + f"\nworkers' peak memory (MiB): {sorted(peak.values())}")  # fmt: skip
     # Not a speed target: a safety margin. A third of the timeout leaves room for a machine several times
     # busier than this one; a request anywhere near it means a limit no longer bounds the work.
     assert max(timings.values()) < WORKER_TIMEOUT / 3, timings
+    # k8s/base/deployment.yaml gives the pod 512 MiB for the master and 2 workers: each worker, at its
+    # worst, must stay under half of what the master leaves, or two worst requests at once get the pod
+    # OOM-killed. (A 4096 x 4096 lossless WEBP used to take a worker to 460 MiB.)
+    assert server.process is not None
+    per_worker = (POD_MEMORY_MIB - rss_mib(server.process.pid)) / 2
+    assert max(peak.values()) < per_worker, (peak, per_worker)
     assert_no_worker_lost(server, workers)
+
+
+def peak_rss_mib(pid: int, field: str = "VmHWM") -> int:
+    """The most resident memory the process ever had (VmHWM; VmRSS: now), in MiB."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return int(next(line for line in status if line.startswith(f"{field}:")).split()[1]) // 1024
+
+
+def rss_mib(pid: int) -> int:
+    return peak_rss_mib(pid, "VmRSS")
