@@ -1,15 +1,27 @@
 """gunicorn settings for the classifier: `gunicorn -c gunicorn.conf.py` (from app/ or the image's /app).
 
-Environment: APP_BIND (default 127.0.0.1:8000), APP_WORKERS (2), APP_THREADS (1), APP_TIMEOUT (30 s).
+Environment: APP_BIND (default 127.0.0.1:8000; several addresses separated by commas), APP_VERIFY_BIND
+(none; more addresses, for verifying this server alone), APP_WORKERS (2), APP_THREADS (1), APP_WORKER_CLASS
+(sync), APP_TIMEOUT (30 s), APP_GRACEFUL_TIMEOUT (20 s).
 Everything written at run time goes to one fresh folder under $TMPDIR (/tmp, a tmpfs in the container), so
 the app runs on a read-only root filesystem. A worker that cannot load the model fails to boot, and
 gunicorn then exits non-zero with the reason on stderr.
+
+Zero-downtime replacement (docs/scoring-api.md): every address is bound with SO_REUSEPORT, so a new
+server (same uid) can bind the serving port while the old one still serves, e.g.
+APP_BIND=127.0.0.1:8000,127.0.0.1:41234 where the second, private port lets the new server be verified
+before the old one is stopped (or APP_BIND=127.0.0.1:8000 APP_VERIFY_BIND=127.0.0.1:41234, as modelship's
+docker target sets them). SIGTERM is a graceful stop: each worker finishes the request it is serving
+and exits; workers still busy after graceful_timeout are killed, so a supervisor's own grace period
+(Kubernetes' terminationGracePeriodSeconds) must be longer than APP_GRACEFUL_TIMEOUT.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
+import sys
 import tempfile
 from typing import Any
 
@@ -22,11 +34,29 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
 wsgi_app = "classifier:create_app()"
 pythonpath = os.path.dirname(os.path.abspath(__file__))  # find `classifier` whatever the cwd
-bind = [os.environ.get("APP_BIND", "127.0.0.1:8000")]
+if pythonpath not in sys.path:  # for the logger below, imported before gunicorn applies `pythonpath`
+    sys.path.insert(0, pythonpath)
+from classifier.accesslog import FORMAT, Logger  # noqa: E402 (imports neither Flask nor onnxruntime)
+
+_binds = f"{os.environ.get('APP_BIND', '127.0.0.1:8000')},{os.environ.get('APP_VERIFY_BIND', '')}"
+bind = [address.strip() for address in _binds.split(",") if address.strip()]  # serving first, then verification
+# SO_REUSEPORT: a second server (same uid) may bind the same port, and the kernel spreads new connections
+# over both; that is how a release starts the new server before stopping the old one. With it, gunicorn
+# binds a listener in each worker instead of one in the master. When a listener closes (a worker exits),
+# connections still queued on it are reset, unless net.ipv4.tcp_migrate_req=1 moves them to another
+# listener of the port (Linux >= 5.14; see docs/scoring-api.md).
+reuse_port = True
 workers = int(os.environ.get("APP_WORKERS", "2"))
 threads = int(os.environ.get("APP_THREADS", "1"))
+# sync (one request at a time, "Connection: close" after each) is the default because its timeout is per
+# request: a worker stuck longer than APP_TIMEOUT is killed and replaced. gthread keeps connections alive
+# (cheaper for clients that send many requests) but its timeout only watches the worker's main loop, so a
+# stuck request is never killed. APP_THREADS > 1 makes gunicorn use gthread anyway (docs/scoring-api.md).
+worker_class = os.environ.get("APP_WORKER_CLASS", "sync")
 timeout = int(os.environ.get("APP_TIMEOUT", "30"))
-graceful_timeout = 20
+# SIGTERM: workers stop accepting, finish the request in hand and exit; after this many seconds the master
+# kills those still busy. Keep it above the slowest request and below the supervisor's grace period.
+graceful_timeout = int(os.environ.get("APP_GRACEFUL_TIMEOUT", "20"))
 # Not preloaded: each worker verifies and loads the model after the fork, because an onnxruntime
 # session's thread pool does not survive fork(). The model is small, so the memory cost is too.
 preload_app = False
@@ -35,7 +65,45 @@ control_socket_disable = True  # it would be created under $HOME (read-only) and
 accesslog = "-"  # stdout
 errorlog = "-"  # stderr
 # %(p)s is the worker's pid: which process served a request, when reading one worker's crash or metrics.
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms %(p)s'
+access_log_format = FORMAT  # '%(h)s "%(r)s" %(s)s %(b)s %(M)sms %(p)s'
+# The same lines, written directly and in batches of up to 4 kB, at most ~1 s late (classifier/accesslog.py):
+# gunicorn's per-line logging cost 16 % of /score throughput. GUNICORN_CMD_ARGS="--access-logfile /dev/null"
+# still turns the access log off.
+logger_class = Logger
+
+
+def on_starting(server: Any) -> None:
+    """Fail now, in the master, if an address cannot be bound.
+
+    With reuse_port the master binds nothing and each worker binds its own listener: a port held by
+    another program (without SO_REUSEPORT, or of another uid) would only make every worker exit and be
+    respawned, forever, instead of gunicorn exiting with the reason as it does without reuse_port.
+    """
+    for address in bind:
+        if address.startswith(("unix:", "fd://")):  # no port to share
+            continue
+        host, _, port = address.rpartition(":")
+        family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            probe.bind((host.strip("[]"), int(port)))
+        except (OSError, ValueError) as exc:
+            server.log.error("cannot bind %s (APP_BIND, APP_VERIFY_BIND): %s", address, exc)
+            shutil.rmtree(_runtime, ignore_errors=True)
+            sys.exit(1)
+        finally:
+            probe.close()
+    server.log.info("serving on %s (SO_REUSEPORT, a listener per worker)", ", ".join(bind))
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    worker.log.flush_access()  # the buffered access lines of a worker that stops or restarts
+
+
+def worker_abort(worker: Any) -> None:
+    worker.log.flush_access()  # SIGABRT: the master's timeout kill
 
 
 def child_exit(server: Any, worker: Any) -> None:

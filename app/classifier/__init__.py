@@ -26,6 +26,9 @@ SETTINGS: dict[str, tuple[Any, type]] = {
     "MAX_CONTENT_LENGTH": (8 * 1024 * 1024, int),  # bytes of request body (Flask answers 413 above)
     "MAX_IMAGES": (64, int),  # per /score request
     "MAX_IMAGE_PIXELS": (4096 * 4096, int),  # per image, checked from the header before decoding
+    # Sum over a request's images, from their headers, before any is decoded: bounds a request's decoding
+    # time (about 1 s at this default on one core) far below gunicorn's 30 s worker timeout.
+    "MAX_REQUEST_PIXELS": (2 * 4096 * 4096, int),
     "ORT_THREADS": (1, int),  # onnxruntime intra-op threads per worker
     "MODEL_SHA256": ("", str),  # if set (the image does), the served manifest must hash to exactly this
     "GIT_COMMIT": ("unknown", str),

@@ -1,7 +1,7 @@
 """Docker HEALTHCHECK: `python -m classifier.healthcheck` exits 0 if GET /healthz answers 200, else 1.
 
-Standard library only, and it talks to the address gunicorn binds (APP_BIND), so it works in the image
-whatever port the container was started with.
+Standard library only, and it talks to the address gunicorn binds (APP_BIND, the first one if it lists
+several), so it works in the image whatever port the container was started with.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ TIMEOUT = 3.0
 
 
 def url() -> str:
-    host, _, port = os.environ.get("APP_BIND", "127.0.0.1:8000").rpartition(":")
+    first = os.environ.get("APP_BIND", "127.0.0.1:8000").split(",")[0].strip()  # the serving address
+    host, _, port = first.rpartition(":")
     if host in ("", "0.0.0.0", "[::]", "::"):  # a wildcard bind is reachable on loopback
         host = "127.0.0.1"
     return f"http://{host}:{port}/healthz"

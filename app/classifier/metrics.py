@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
@@ -47,14 +48,23 @@ def _start_timer() -> None:
     g.metrics_started = time.perf_counter()
 
 
+# (route, method, status) -> (requests counter, latency histogram) of those labels. labels() validates
+# and locks on every call; the set of label values is small and fixed (routes x methods x statuses).
+_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
 def _record(response: Response) -> Response:
     started = g.pop("metrics_started", None)
-    route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
-    method = request.method if request.method in METHODS else "other"  # any token is a valid method
-    labels = (route, method, str(response.status_code))
-    REQUESTS.labels(*labels).inc()
+    rule = request.url_rule
+    method = request.method
+    key = (UNMATCHED if rule is None else rule.rule, method if method in METHODS else "other", response.status_code)
+    children = _CHILDREN.get(key)
+    if children is None:  # any token is a valid method, hence "other"; raw paths never become labels
+        labels = (key[0], key[1], str(key[2]))
+        children = _CHILDREN.setdefault(key, (REQUESTS.labels(*labels), LATENCY.labels(*labels)))
+    children[0].inc()
     if started is not None:
-        LATENCY.labels(*labels).observe(time.perf_counter() - started)
+        children[1].observe(time.perf_counter() - started)
     return response
 
 

@@ -1,4 +1,9 @@
-"""HTTP API: POST /score, GET /healthz, /readyz, /version, /metrics.
+"""HTTP API: POST /score, GET /, /healthz, /readyz, /version, /metrics (docs/scoring-api.md).
+
+/score speaks two dialects. {"images": [...]} gets {"model": ..., "predictions": [...]}. The classic
+{"input": "<JSON list>"} of the Azure "DevOps for AI apps" sample gets that sample's own answer,
+{"result": [<per image: top 3 [label, percent]>, "Computed in <ms> ms"]}, so its unchanged client (which
+reads result[0][0][0][0] as the first image's top label) keeps working.
 
 Client mistakes raise 4xx HTTP exceptions whose message says what to fix (and which image, by index);
 errors.py turns every one into JSON {"error": ...}. A 500 only ever means a bug here, never bad input.
@@ -7,10 +12,12 @@ errors.py turns every one into JSON {"error": ...}. A 500 only ever means a bug 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request
+from PIL import Image
 from werkzeug.exceptions import (
     BadRequest,
     RequestEntityTooLarge,
@@ -19,7 +26,7 @@ from werkzeug.exceptions import (
 )
 
 from . import metrics
-from .imaging import ImageError, ImageTooLarge, decode_base64, image_to_features
+from .imaging import PIXEL_WEIGHT, ImageError, ImageTooLarge, decode_base64, features, open_image, pixel_cost
 from .model import Model
 
 bp = Blueprint("classifier", __name__)
@@ -69,15 +76,56 @@ def _images(payload: Any) -> tuple[str, list[Any]]:
     return field, images
 
 
-def _features(field: str, index: int, item: Any) -> np.ndarray:
+def _open(field: str, index: int, item: Any) -> Image.Image:
+    """The index-th image, header read only; 400/413 naming it if it is unusable or too large."""
     if not isinstance(item, str):
         raise BadRequest(f"{field}[{index}]: must be a base64 string, got {type(item).__name__}")
+    if field == "input" and item.startswith("b'") and item.endswith("'"):
+        # The sample's driver accepted str(bytes) too, the b'...' a Python 3 client gets from
+        # str(base64.b64encode(data)); ' is not base64, so this never changes a valid string.
+        item = item[2:-1]
     try:
-        return image_to_features(decode_base64(item), current_app.config["MAX_IMAGE_PIXELS"])
+        return open_image(decode_base64(item), current_app.config["MAX_IMAGE_PIXELS"])
     except ImageTooLarge as exc:
         raise RequestEntityTooLarge(f"{field}[{index}]: {exc}") from None
     except ImageError as exc:
         raise BadRequest(f"{field}[{index}]: {exc}") from None
+
+
+def _features(field: str, images: list[Any]) -> np.ndarray:
+    """float32 [N, 64] of the request's images, once the pixels of all of them fit the request's budget.
+
+    Every header is read before any image is decoded: decoding time grows with pixels, and a sync worker
+    busy for longer than gunicorn's timeout (30 s) is killed mid-request. MAX_IMAGE_PIXELS bounds one
+    image, MAX_REQUEST_PIXELS the sum, so a request's worst case stays about a second.
+    """
+    opened: list[Image.Image] = []
+    try:
+        for index, item in enumerate(images):
+            opened.append(_open(field, index, item))
+        total, limit = sum(pixel_cost(image) for image in opened), current_app.config["MAX_REQUEST_PIXELS"]
+        if total > limit:
+            weighted = sorted({image.format for image in opened if image.format in PIXEL_WEIGHT})
+            counted = "".join(f" (a {name} counts {PIXEL_WEIGHT[name]}x)" for name in weighted)
+            raise RequestEntityTooLarge(
+                f'"{field}" has {total} pixels in all{counted}, over the limit of {limit} pixels per request '
+                "(MAX_REQUEST_PIXELS): send fewer or smaller images per request"
+            )
+        rows: list[np.ndarray] = []
+        while opened:
+            # Out of the list before decoding, so each image is freed as soon as the next one replaces it:
+            # some decoders (libwebp) keep full-size buffers until the image object itself goes.
+            index, image = len(rows), opened.pop(0)
+            try:
+                rows.append(features(image))
+            except ImageTooLarge as exc:
+                raise RequestEntityTooLarge(f"{field}[{index}]: {exc}") from None
+            except ImageError as exc:
+                raise BadRequest(f"{field}[{index}]: {exc}") from None
+        return np.stack(rows)
+    finally:
+        for image in opened:  # those not decoded, after an error
+            image.close()
 
 
 @bp.post("/score")
@@ -93,14 +141,27 @@ def score() -> Response:
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise BadRequest(f"malformed JSON: {exc}") from None
     field, images = _images(payload)
-    batch = np.stack([_features(field, index, item) for index, item in enumerate(images)])
-    probabilities = model.predict(batch)
+    started = time.perf_counter()
+    probabilities = model.predict(_features(field, images))
     metrics.IMAGES.inc(len(images))
-    predictions = []
-    for row in probabilities:
-        top = np.argsort(-row, kind="stable")[:3]
-        predictions.append({"top3": [{"label": model.labels[i], "probability": round(float(row[i]), 6)} for i in top]})
+    tops = [(row, np.argsort(-row, kind="stable")[:3]) for row in probabilities]
+    if field == "input":
+        # The sample's driver: per image its top 3 as [label, percent], then the time spent on decoding,
+        # scoring and ranking (not on parsing the request), in ms rounded to 2 decimals. Percent keeps the
+        # precision of "probability" below (6 decimals of 0..1 are 4 decimals of 0..100).
+        result = [[[model.labels[i], round(float(row[i]) * 100, 4)] for i in top] for row, top in tops]
+        elapsed = round((time.perf_counter() - started) * 1000, 2)
+        return jsonify(result=[result, f"Computed in {elapsed} ms"])
+    predictions = [
+        {"top3": [{"label": model.labels[i], "probability": round(float(row[i]), 6)} for i in top]} for row, top in tops
+    ]
     return jsonify(model={"name": model.name, "version": model.version}, predictions=predictions)
+
+
+@bp.get("/")
+def home() -> Response:
+    # The sample's client probes GET / for this plain-text answer before scoring.
+    return Response("Healthy", content_type="text/plain; charset=utf-8")
 
 
 @bp.get("/healthz")

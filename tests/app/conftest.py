@@ -140,16 +140,20 @@ def http_fixture() -> Callable[..., tuple[int, bytes]]:
 class Gunicorn:
     """`gunicorn -c gunicorn.conf.py` started from app/ like the image does, in its own session."""
 
-    def __init__(self, model_dir: Path, workdir: Path, workers: int = 2, **env: str) -> None:
+    def __init__(self, model_dir: Path, workdir: Path, workers: int = 2, serving_port: int | None = None,
+                 **env: str) -> None:  # fmt: skip
+        """serving_port: also bind that (shared) port, first in APP_BIND, as a release's new server does;
+        `port` and `base` are then the server's own private port."""
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
         self.stdout = workdir / "gunicorn.out"
         self.stderr = workdir / "gunicorn.err"
+        bind = f"127.0.0.1:{self.port}" if serving_port is None else f"127.0.0.1:{serving_port},127.0.0.1:{self.port}"
         self.env = {
             **os.environ,
             "MODEL_DIR": str(model_dir),
-            "APP_BIND": f"127.0.0.1:{self.port}",
+            "APP_BIND": bind,
             "APP_WORKERS": str(workers),
             "TMPDIR": str(workdir),  # gunicorn.conf.py's runtime folder lands here, where tests can see it
             **env,
@@ -177,6 +181,16 @@ class Gunicorn:
                 pass
             time.sleep(0.2)
         raise AssertionError(f"gunicorn not ready within {timeout}s:\n{self.stderr.read_text()}")
+
+    def access_lines(self, fragment: str, count: int, timeout: float = 10) -> list[str]:
+        """The access log's lines containing `fragment`, once there are `count` of them: the log is written
+        in batches, at most about a second late (classifier/accesslog.py)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line for line in self.stdout.read_text().splitlines() if fragment in line]
+            if len(lines) >= count or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.1)
 
     def pids(self, path: str) -> set[str]:
         """Worker pids that answered requests for `path`, from the access log (it ends with <pid>)."""
@@ -208,13 +222,14 @@ class Gunicorn:
 
 @pytest.fixture
 def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
-    """gunicorn(model_dir, workers=2, **env) -> a started server; every server is stopped at teardown."""
+    """gunicorn(model_dir, workers=2, serving_port=None, **env) -> a started server; every server is stopped
+    at teardown."""
     started: list[Gunicorn] = []
 
-    def start(model_dir: Path, workers: int = 2, **env: str) -> Gunicorn:
+    def start(model_dir: Path, workers: int = 2, serving_port: int | None = None, **env: str) -> Gunicorn:
         workdir = tmp_path / f"gunicorn-{len(started)}"
         workdir.mkdir()
-        server = Gunicorn(model_dir, workdir, workers, **env)
+        server = Gunicorn(model_dir, workdir, workers, serving_port, **env)
         started.append(server)
         server.start()
         return server

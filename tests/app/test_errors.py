@@ -146,6 +146,39 @@ def test_decompression_bomb_header_is_413_not_500(client):
     assert_error(client.post("/score", json={"images": [bomb]}), 413, "images[0]:")
 
 
+def test_request_over_the_pixel_budget_is_413_naming_the_limit(model_package, digit_b64, heldout):
+    app = create_app({"TESTING": True, "MODEL_DIR": str(model_package), "MAX_REQUEST_PIXELS": 3 * 64 * 64})
+    client = app.test_client()
+    image = digit_b64(heldout[0][0], size=64)
+    assert client.post("/score", json={"images": [image] * 3}).status_code == 200  # exactly the budget
+    message = assert_error(client.post("/score", json={"images": [image] * 4}), 413, "limit of 12288 pixels")
+    assert "16384 pixels" in message and "MAX_REQUEST_PIXELS" in message
+    assert_error(client.post("/score", json={"input": json.dumps([image] * 4)}), 413, '"input" has 16384 pixels')
+
+
+def test_pixel_budget_is_checked_from_the_headers_before_any_image_is_decoded(client):
+    # Three 3000x3000 headers (each under MAX_IMAGE_PIXELS) over the default 32 Mpx budget; their pixel
+    # data is a few bytes, so decoding any of them would answer 400 "corrupt or truncated" instead.
+    bomb = b64(png_header_only(3000, 3000))
+    response = client.post("/score", json={"images": [bomb, bomb, bomb, bomb]})
+    assert_error(response, 413, "36000000 pixels in all, over the limit of 33554432 pixels per request")
+    assert_error(client.post("/score", json={"images": [bomb]}), 400, "images[0]: image data is corrupt")
+
+
+def test_a_webp_counts_twice_against_both_pixel_limits(model_package, heldout, digit_image, encode):
+    # libwebp needs about twice the memory per pixel of a PNG to decode: a WEBP of 4096 x 4096 took a worker
+    # to 460 MB. The same picture is accepted as a PNG and refused as a WEBP at the same limit.
+    limits = {"MAX_IMAGE_PIXELS": 100 * 100, "MAX_REQUEST_PIXELS": 3 * 80 * 80}
+    client = create_app({"TESTING": True, "MODEL_DIR": str(model_package), **limits}).test_client()
+    big, small = digit_image(heldout[0][0], size=80), digit_image(heldout[0][0], size=60)
+    assert client.post("/score", json={"images": [encode(big, "PNG")]}).status_code == 200
+    response = client.post("/score", json={"images": [encode(big, "WEBP", lossless=True)]})
+    assert_error(response, 413, "images[0]: image is 80x80 pixels (a WEBP counts 2x), more than the 10000 allowed")
+    assert client.post("/score", json={"images": [encode(small, "WEBP", lossless=True)] * 2}).status_code == 200
+    response = client.post("/score", json={"images": [encode(small, "WEBP", lossless=True)] * 3})
+    assert_error(response, 413, '"images" has 21600 pixels in all (a WEBP counts 2x), over the limit of 19200')
+
+
 # ---------------------------------------------------------------------------------- 404, 405, 500, 503
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -60,7 +61,7 @@ def test_gunicorn_serves_scores_and_aggregates_metrics_across_workers(
         assert f'sha256="{manifest_sha256(model_package)}"' in text.decode()
 
     # The access log (stdout) names the worker pid of each request: more than one worker did the work.
-    score_lines = [line for line in server.stdout.read_text().splitlines() if "POST /score" in line]
+    score_lines = server.access_lines("POST /score", 1 + N_SCORES)
     assert len(score_lines) == 1 + N_SCORES
     assert len(server.pids("/score")) == 2
 
@@ -106,3 +107,43 @@ def test_healthcheck_fails_when_nothing_listens(free_port):
         capture_output=True, text=True, check=False, timeout=30,
     )  # fmt: skip
     assert result.returncode == 1 and "unhealthy" in result.stderr
+
+
+def test_a_large_body_answered_without_reading_it_still_gets_its_error_not_a_reset(model_package, gunicorn):
+    # 415 is decided from the headers alone; gunicorn closes the connection after answering, and closing
+    # with megabytes unread would reset it while the client is still sending, hiding the 415.
+    server = gunicorn(model_package, workers=1)
+    server.wait_ready()
+    body = b'{"images": ["' + b"A" * (6 * 1024 * 1024) + b'"]}'
+    for _ in range(3):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            connection.request("POST", "/score", body=body, headers={"Content-Type": "text/plain"})
+            response = connection.getresponse()
+            assert response.status == 415
+            assert json.loads(response.read()) == {"error": "Content-Type must be application/json"}
+        finally:
+            connection.close()
+
+
+def test_access_log_has_one_line_per_request_in_gunicorns_format_and_none_is_lost_at_shutdown(
+    model_package, gunicorn, heldout, digit_b64, http_request
+):
+    server = gunicorn(model_package, workers=2)
+    server.wait_ready()
+    server.wait_all_workers(2)
+    body = json.dumps({"images": [digit_b64(heldout[0][0], size=16)]}).encode()
+
+    def score(_: int) -> int:
+        return http_request("POST", f"{server.base}/score", body, {"Content-Type": "application/json"})[0]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert set(pool.map(score, range(300))) == {200}
+    assert http_request("GET", f"{server.base}/no/such/path")[0] == 404
+    # SIGTERM right away: the lines still buffered in each worker are written as it exits.
+    assert server.stop() == 0
+    probes = ("/healthz", "/readyz")  # the fixture's readiness polling
+    lines = [line for line in server.stdout.read_text().splitlines() if not any(p in line for p in probes)]
+    line = re.compile(r'^127\.0\.0\.1 "(POST /score|GET /no/such/path) HTTP/1\.1" (200|404) \d+ \d+ms <\d+>$')
+    assert [bool(line.match(one)) for one in lines] == [True] * 301, lines[:5]
+    assert sum("POST /score" in one for one in lines) == 300 and len(server.pids("/score")) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -102,13 +103,38 @@ def test_answer_has_model_identity_and_three_distinct_labels_sorted_by_probabili
         assert sum(probabilities) <= 1.0 + 1e-5
 
 
-def test_classic_input_shape_gives_the_same_answer_as_images(client, heldout, digit_b64):
+def test_classic_input_shape_gets_the_samples_answer_with_the_same_ranking_as_images(client, heldout, digit_b64):
     x, _ = heldout
     images = [digit_b64(pixels) for pixels in x[:5]]
     classic = client.post("/score", json={"input": json.dumps(images)})
     modern = client.post("/score", json={"images": images})
-    assert classic.status_code == 200
-    assert classic.get_json() == modern.get_json()
+    assert classic.status_code == 200 and classic.mimetype == "application/json"
+    result, timing = classic.get_json()["result"]
+    assert re.fullmatch(r"Computed in \d+(\.\d{1,2})? ms", timing)
+    # The same labels in the same order, probabilities as percent.
+    expected = [[[p["label"], p["probability"] * 100] for p in prediction["top3"]]
+                for prediction in modern.get_json()["predictions"]]  # fmt: skip
+    assert [[label for label, _ in top3] for top3 in result] == [[label for label, _ in top3] for top3 in expected]
+    for top3, wanted in zip(result, expected, strict=True):
+        assert [percent for _, percent in top3] == pytest.approx([percent for _, percent in wanted], abs=1e-3)
+    # An "input" that is already a list (not a JSON string) is the classic dialect too.
+    assert client.post("/score", json={"input": images}).get_json()["result"][0] == result
+
+
+def test_classic_input_accepts_the_samples_str_of_bytes_form(client, heldout, digit_b64):
+    x, y = heldout
+    image = digit_b64(x[7])
+    response = client.post("/score", json={"input": json.dumps([f"b'{image}'"])})
+    assert response.status_code == 200
+    assert response.get_json()["result"][0][0][0][0] == str(y[7])
+    # Only in the classic dialect: "images" stays strict.
+    assert client.post("/score", json={"images": [f"b'{image}'"]}).status_code == 400
+
+
+def test_get_root_answers_healthy_as_the_samples_client_expects(client):
+    response = client.get("/")
+    assert response.status_code == 200 and response.get_data(as_text=True) == "Healthy"
+    assert response.mimetype == "text/plain"
 
 
 def test_data_url_prefix_is_accepted(client, heldout, digit_b64):

@@ -64,12 +64,15 @@ def test_configuration_comes_from_defaults_then_environment_then_test_config(mod
     app = make_app(model_package)
     assert app.config["MAX_CONTENT_LENGTH"] == 8 * 1024 * 1024
     assert app.config["MAX_IMAGES"] == 64 and app.config["MAX_IMAGE_PIXELS"] == 4096 * 4096
+    assert app.config["MAX_REQUEST_PIXELS"] == 2 * 4096 * 4096
     assert app.config["GIT_COMMIT"] == "unknown"
     assert app.secret_key is None  # nothing needs one, so no default secret is shipped
     monkeypatch.setenv("MAX_IMAGES", "5")
     monkeypatch.setenv("MAX_CONTENT_LENGTH", "1000")
+    monkeypatch.setenv("MAX_REQUEST_PIXELS", "5000000")
     app = make_app(model_package, MAX_IMAGES=7)
     assert app.config["MAX_CONTENT_LENGTH"] == 1000 and app.config["MAX_IMAGES"] == 7
+    assert app.config["MAX_REQUEST_PIXELS"] == 5_000_000
 
 
 @pytest.mark.parametrize("value", ["lots", "0", "-3"])
