@@ -1,8 +1,9 @@
 """gunicorn settings for the classifier: `gunicorn -c gunicorn.conf.py` (from app/ or the image's /app).
 
 Environment: APP_BIND (default 127.0.0.1:8000; several addresses separated by commas), APP_VERIFY_BIND
-(none; more addresses, for verifying this server alone), APP_WORKERS (2), APP_THREADS (1), APP_WORKER_CLASS
-(sync), APP_TIMEOUT (30 s), APP_GRACEFUL_TIMEOUT (20 s).
+(none; more addresses, for verifying this server alone; optional: skipped if taken), APP_READY_DIR (none; a
+folder where each worker that has loaded the model leaves a file named after its pid), APP_WORKERS (2),
+APP_THREADS (1), APP_WORKER_CLASS (sync), APP_TIMEOUT (30 s), APP_GRACEFUL_TIMEOUT (20 s).
 Everything written at run time goes to one fresh folder under $TMPDIR (/tmp, a tmpfs in the container), so
 the app runs on a read-only root filesystem. A worker that cannot load the model fails to boot, and
 gunicorn then exits non-zero with the reason on stderr.
@@ -18,6 +19,7 @@ and exits; workers still busy after graceful_timeout are killed, so a supervisor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -38,8 +40,20 @@ if pythonpath not in sys.path:  # for the logger below, imported before gunicorn
     sys.path.insert(0, pythonpath)
 from classifier.accesslog import FORMAT, Logger  # noqa: E402 (imports neither Flask nor onnxruntime)
 
-_binds = f"{os.environ.get('APP_BIND', '127.0.0.1:8000')},{os.environ.get('APP_VERIFY_BIND', '')}"
-bind = [address.strip() for address in _binds.split(",") if address.strip()]  # serving first, then verification
+
+def _addresses(name: str, default: str = "") -> list[str]:
+    return [address.strip() for address in os.environ.get(name, default).split(",") if address.strip()]
+
+
+# Serving first, then verification. APP_VERIFY_BIND is optional: a release proves a new server on it before
+# stopping the old one; if it is taken when the server restarts much later, the server runs without it.
+_verify = _addresses("APP_VERIFY_BIND")
+bind = _addresses("APP_BIND", "127.0.0.1:8000") + _verify
+# APP_READY_DIR: each worker that has loaded the model leaves a file named after its pid there (removed when it
+# exits). A pod on the host network shares its port with the pods it replaces, so an HTTP probe could be
+# answered by another pod; a probe that looks for a live worker's file here asks this pod alone
+# (k8s/overlays/local).
+_ready_dir = os.environ.get("APP_READY_DIR", "")
 # SO_REUSEPORT: a second server (same uid) may bind the same port, and the kernel spreads new connections
 # over both; that is how a release starts the new server before stopping the old one. With it, gunicorn
 # binds a listener in each worker instead of one in the master. When a listener closes (a worker exits),
@@ -72,30 +86,56 @@ access_log_format = FORMAT  # '%(h)s "%(r)s" %(s)s %(b)s %(M)sms %(p)s'
 logger_class = Logger
 
 
+def _bindable(address: str) -> str | None:
+    """None if `address` can be bound beside whatever shares it (SO_REUSEPORT, same uid), else why not."""
+    if address.startswith(("unix:", "fd://")):  # no port to share
+        return None
+    host, _, port = address.rpartition(":")
+    family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        probe.bind((host.strip("[]"), int(port)))
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    finally:
+        probe.close()
+    return None
+
+
 def on_starting(server: Any) -> None:
-    """Fail now, in the master, if an address cannot be bound.
+    """Fail now, in the master, if a serving address cannot be bound (drop a verification one that cannot).
 
     With reuse_port the master binds nothing and each worker binds its own listener: a port held by
     another program (without SO_REUSEPORT, or of another uid) would only make every worker exit and be
     respawned, forever, instead of gunicorn exiting with the reason as it does without reuse_port.
     """
+    kept = []
     for address in bind:
-        if address.startswith(("unix:", "fd://")):  # no port to share
-            continue
-        host, _, port = address.rpartition(":")
-        family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
-        probe = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            probe.bind((host.strip("[]"), int(port)))
-        except (OSError, ValueError) as exc:
-            server.log.error("cannot bind %s (APP_BIND, APP_VERIFY_BIND): %s", address, exc)
+        why = _bindable(address)
+        if why is None:
+            kept.append(address)
+        elif address in _verify:
+            server.log.warning("cannot bind %s (APP_VERIFY_BIND, optional): %s; serving without it", address, why)
+        else:
+            server.log.error("cannot bind %s (APP_BIND): %s", address, why)
             shutil.rmtree(_runtime, ignore_errors=True)
             sys.exit(1)
-        finally:
-            probe.close()
-    server.log.info("serving on %s (SO_REUSEPORT, a listener per worker)", ", ".join(bind))
+    if kept != bind:
+        server.cfg.set("bind", kept)
+    if _ready_dir:
+        os.makedirs(_ready_dir, exist_ok=True)
+        for stale in os.listdir(_ready_dir):  # a restarted container keeps its /tmp: old pids mean nothing
+            os.unlink(os.path.join(_ready_dir, stale))
+    server.log.info("serving on %s (SO_REUSEPORT, a listener per worker)", ", ".join(kept))
+
+
+def post_worker_init(worker: Any) -> None:
+    """The worker has loaded the model: it is ready (see APP_READY_DIR)."""
+    if _ready_dir:
+        with open(os.path.join(_ready_dir, str(worker.pid)), "w"):
+            pass
 
 
 def worker_exit(server: Any, worker: Any) -> None:
@@ -107,10 +147,14 @@ def worker_abort(worker: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """Drop a dead worker's live gauges so /metrics does not report processes that no longer exist."""
+    """Drop a dead worker's live gauges so /metrics does not report processes that no longer exist, and its
+    ready file (whatever killed it)."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid, _metrics_dir)
+    if _ready_dir:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(_ready_dir, str(worker.pid)))
 
 
 def on_exit(server: Any) -> None:

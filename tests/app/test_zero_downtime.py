@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -204,7 +205,7 @@ def test_a_port_held_without_so_reuseport_stops_gunicorn_with_the_reason(model_p
         server = gunicorn(model_package, workers=2, serving_port=port)
         assert server.process is not None
         assert server.process.wait(timeout=30) == 1  # at once, not workers respawned forever
-        assert f"cannot bind 127.0.0.1:{port} (APP_BIND, APP_VERIFY_BIND)" in server.stderr.read_text()
+        assert f"cannot bind 127.0.0.1:{port} (APP_BIND)" in server.stderr.read_text()
     finally:
         holder.close()
 
@@ -219,3 +220,40 @@ def test_app_verify_bind_adds_private_addresses_after_the_serving_ones(model_pac
     healthy = subprocess.run([sys.executable, "-m", "classifier.healthcheck"], cwd=APP_DIR, env=server.env,
                              timeout=30, check=False)  # fmt: skip
     assert healthy.returncode == 0
+
+
+def test_a_taken_verification_address_is_skipped_and_the_server_serves_without_it(model_package, gunicorn):
+    # A server restarted long after its release (the engine restarted) may find its private port taken: it
+    # must come back on its serving port all the same, not crash-loop on an address nobody uses any more.
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        taken = holder.getsockname()[1]
+        server = gunicorn(model_package, workers=1, APP_VERIFY_BIND=f"127.0.0.1:{taken}")
+        server.wait_ready()
+        log = server.stderr.read_text()
+        assert f"cannot bind 127.0.0.1:{taken} (APP_VERIFY_BIND, optional)" in log and "serving without it" in log
+    finally:
+        holder.close()
+
+
+def test_each_worker_that_loaded_the_model_leaves_a_ready_file_until_it_exits(model_package, gunicorn, tmp_path):
+    # What the local cluster's probes look for (k8s/overlays/local/probes_patch.yaml): this pod's own workers.
+    ready = tmp_path / "ready"
+    server = gunicorn(model_package, workers=2, APP_READY_DIR=str(ready))
+    server.wait_ready()
+    server.wait_all_workers(2)
+    pids = {p.name for p in ready.iterdir()}
+    assert len(pids) == 2 and all(Path(f"/proc/{pid}").is_dir() for pid in pids), pids
+    victim = sorted(pids)[0]
+    os.kill(int(victim), signal.SIGKILL)  # a worker killed outright: the master drops its file
+    deadline = time.monotonic() + 30
+    while victim in {p.name for p in ready.iterdir()} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert victim not in {p.name for p in ready.iterdir()}
+    server.stop()
+    assert not any(Path(f"/proc/{p.name}").is_dir() for p in ready.iterdir())  # none names a live process
+

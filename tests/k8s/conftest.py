@@ -36,9 +36,6 @@ patches:
   - target: {{kind: Deployment, name: modelship-app}}
     patch: |-
       - {{op: replace, path: /spec/template/spec/containers/0/env/0/value, value: "127.0.0.1:{port}"}}
-      - {{op: replace, path: /spec/template/spec/containers/0/startupProbe/httpGet/port, value: {port}}}
-      - {{op: replace, path: /spec/template/spec/containers/0/readinessProbe/httpGet/port, value: {port}}}
-      - {{op: replace, path: /spec/template/spec/containers/0/livenessProbe/httpGet/port, value: {port}}}
 """)
     return folder
 

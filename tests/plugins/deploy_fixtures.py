@@ -2,7 +2,7 @@
 
 Loaded by test_deploy_docker.py and test_deploy_kubernetes.py with `pytest_plugins = ["deploy_fixtures"]`.
 The stand-in honours the app's serving contract: it binds APP_BIND (and APP_VERIFY_BIND) with SO_REUSEPORT, so an
-old and a new one share a port as the app does, answers GET /healthz, /readyz and
+old and a new one share a port as the app does, leaves a ready file in APP_READY_DIR, answers GET /healthz, /readyz and
 /version ({"commit", "model": {"name", "version", "sha256"}, "app_version"}) from its environment, runs as
 uid 10001 and works on a read-only root filesystem; its image carries the same lineage labels the real one
 does. BROKEN makes it fail the way bad releases do: "readyz" (never ready: 503), "exit" (exits at start),
@@ -60,6 +60,10 @@ class Server(HTTPServer):
 servers = [Server((host, int(port)), Handler) for host, _, port in addresses]
 if any(broken == f"port:{port}" for _, _, port in addresses):  # bound it, then dies: fine on any other port
     sys.exit(f"stand-in broken on purpose ({broken})")
+ready_dir = os.environ.get("APP_READY_DIR")  # like the app's workers: this process is up and ready
+if ready_dir and broken != "readyz":
+    os.makedirs(ready_dir, exist_ok=True)
+    open(os.path.join(ready_dir, str(os.getpid())), "w").close()
 for server in servers[1:]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
 servers[0].serve_forever()

@@ -52,8 +52,15 @@ class KubernetesTarget(KubernetesCluster):
     def verify(
         self, name: str, namespace: str, expected_commit: str, expected_model_version: str
     ) -> list[dict[str, Any]]:
-        """GET /version of every ready pod of the current revision through the API server's pod proxy."""
+        """GET /version of every ready pod of the current revision through the API server's pod proxy.
+
+        Pods on the host network (the local overlay) share one port: a request to a pod's address may reach any
+        pod on the node. So there, pods of earlier revisions must be gone first; then every answer is the
+        current revision's.
+        """
         deployment = self.apps.read_namespaced_deployment(name, namespace)
+        if deployment.spec.template.spec.host_network:
+            self.wait_for_terminations(deployment)
         replica_set, pods = self.revision_pods(deployment)
         if replica_set is None:
             revision = revision_of(deployment)
