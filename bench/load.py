@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import statistics
 import threading
 import time
+from typing import NamedTuple
 
 from modelship import net
 
@@ -33,16 +35,25 @@ def wait_http(port: int, path: str = "/readyz", timeout: float = 60) -> None:
     net.wait_for(ok, f"127.0.0.1:{port}{path}", timeout=timeout)
 
 
-class ConstantLoad:
-    """A light, constant open-loop load: `rate` POST /score a second on a fresh connection each.
+class Sent(NamedTuple):
+    """One request of a load: when it started, whether it got a 200, the status or error, how long it took."""
 
-    Every request is recorded (time, ok, what went wrong), so a benchmark can count the failures in a
-    window, e.g. during a release's swap.
+    started: float
+    ok: bool
+    detail: str
+    seconds: float
+
+
+class ConstantLoad:
+    """A steady, bounded open-loop load: `rate` POST /score a second on a fresh connection each (loopback).
+
+    Every request is recorded (Sent), so a benchmark or a test can count the failures in a window, e.g.
+    during a release's swap, and compare the latency then with the steady state.
     """
 
     def __init__(self, port: int, body: bytes, rate: float = 10.0, timeout: float = 5.0) -> None:
         self.port, self.body, self.interval, self.timeout = port, body, 1.0 / rate, timeout
-        self.records: list[tuple[float, bool, str]] = []
+        self.records: list[Sent] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -59,7 +70,7 @@ class ConstantLoad:
         except (OSError, http.client.HTTPException) as exc:
             ok, detail = False, type(exc).__name__
         with self._lock:
-            self.records.append((started, ok, detail))
+            self.records.append(Sent(started, ok, detail, time.monotonic() - started))
 
     def _loop(self) -> None:
         next_at = time.monotonic()
@@ -81,5 +92,22 @@ class ConstantLoad:
         for thread in self._threads:
             thread.join(self.timeout + 1)
 
-    def failures(self, start: float = 0.0, end: float = float("inf")) -> list[tuple[float, bool, str]]:
-        return [r for r in self.records if start <= r[0] <= end and not r[1]]
+    def window(self, start: float = 0.0, end: float = float("inf")) -> list[Sent]:
+        return [r for r in self.records if start <= r.started <= end]
+
+    def failures(self, start: float = 0.0, end: float = float("inf")) -> list[Sent]:
+        return [r for r in self.window(start, end) if not r.ok]
+
+    def summary(self, start: float = 0.0, end: float = float("inf")) -> dict[str, float | int]:
+        """What was sent in a window: counts (failed = not 200; connection errors among them) and latency."""
+        sent = self.window(start, end)
+        seconds = (sent[-1].started - sent[0].started) if len(sent) > 1 else 0.0
+        times = sorted(r.seconds for r in sent if r.ok)
+        return {
+            "sent": len(sent),
+            "failed": sum(not r.ok for r in sent),
+            "connection_errors": sum(not r.ok and not r.detail.isdigit() for r in sent),
+            "rate": round(len(sent) / seconds, 1) if seconds else 0.0,
+            "p50_ms": round(1000 * statistics.median(times), 1) if times else float("nan"),
+            "p99_ms": round(1000 * times[min(len(times) - 1, int(0.99 * len(times)))], 1) if times else float("nan"),
+        }

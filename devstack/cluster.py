@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devstack import StackError
+from modelship.net import ensure_tcp_migrate_req
 
 KIT = Path(__file__).resolve().parent / "k8s-local"
 HOME = Path(os.environ.get("K8S_LOCAL_HOME") or Path.home() / ".cache" / "k8s-local")
@@ -120,6 +121,10 @@ class LocalCluster:
                 started = True
             self.leases.mkdir(parents=True, exist_ok=True)
             (self.leases / name).touch()
+        # Pods on the host network share the app's port during a rollout: the old pod's queued requests must
+        # move to the new one's listeners when it closes them (modelship.net).
+        if not ensure_tcp_migrate_req():
+            print("warning: net.ipv4.tcp_migrate_req could not be set: a rollout may reset a few queued requests")
         return started
 
     def release(self, holder: str | None = None, *, stop: bool = True) -> bool:

@@ -2,13 +2,15 @@
 DAG, the real registry and Docker engine, and `modelship history | status | image` through Airflow's REST API.
 
 One story, in order (each step is a module fixture the next builds on):
-1. v1 is promoted and built: the release serves HEAD × v1.           2. v2: it serves HEAD × v2.
+1. v1 is promoted and built: the release serves HEAD × v1.
+2. v2: it serves HEAD × v2 (under a steady load: no request fails).
 3. The data scientist rolls back (promotes v1 again): ci finds HEAD × v1 already pushed and announces it
    (nothing rebuilt, nothing pushed); the release serves the v1 image again.
 4. Two newer commits A then B; ci for B finishes first, ci for A last: the release serves B (the newest
    commit on the branch that passed ci), not A (the last to finish).
 5. v3 is promoted and its image (B × v3) breaks in production: the release is red, B × v1 serves again, and
-   the image is quarantined. The next release is skipped naming the quarantine; no container of it is made.
+   the image is quarantined (under load: no request fails). The next release is skipped naming the
+   quarantine; no container of it is made.
 6. v4 passes ci: the next release serves it.
 The history then names every attempt, and `history --at T` is right between every pair of them.
 """
@@ -19,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,10 +29,12 @@ from typing import Any
 
 import pytest
 
+from bench.load import ConstantLoad, sample_request
 from modelship.history import parse_time
 from tests.e2e.pipeline import announce_image, asset_events, commit_to, push_broken, run_dag, task_states
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.azurite]
+LOAD_RATE = 60.0  # requests a second, each on a new connection, during the releases under load
 
 
 def serving(port: str) -> dict[str, Any]:
@@ -67,11 +72,21 @@ def story(ci_v1, pipeline_env, trained, tmp_path_factory, docker_client, registr
     commit, ci_run = ci_v1
     assert str(ci_run.state) == "success", task_states(ci_run)
     store = open_store()
-    out: dict[str, Any] = {"commit": commit, "served": []}
+    out: dict[str, Any] = {"commit": commit, "served": [], "load": {}}
 
     def released(name: str, **conf: Any):
         run = release(**conf)
         out["served"].append((name, run.run_id, serving(port)))
+        return run
+
+    def released_under_load(name: str):
+        """A release while clients send a steady 60 requests a second to the serving port."""
+        with ConstantLoad(int(port), sample_request(), rate=LOAD_RATE) as load:
+            time.sleep(2)  # steady state first
+            run = released(name)
+            time.sleep(2)
+        out["load"][name] = load.summary()
+        print(f"{name}: {load.summary()}", flush=True)
         return run
 
     # 1-2. v1, then v2.
@@ -80,7 +95,7 @@ def story(ci_v1, pipeline_env, trained, tmp_path_factory, docker_client, registr
     store.publish(trained["v2"])
     store.promote("digits", "v2")
     out["v2_image"] = build(commit)
-    assert str(released("v2").state) == "success"
+    assert str(released_under_load("v2").state) == "success"
 
     # 3. The rollback: v1 promoted again, announced by ci without a rebuild.
     store.promote("digits", "v1")
@@ -106,7 +121,7 @@ def story(ci_v1, pipeline_env, trained, tmp_path_factory, docker_client, registr
     broken = push_broken(docker_client, registry, base, tag, labels)
     announce_image({**out["newer_image"], "tag": tag, "digest": broken, "model_version": "v3", "model_sha256": v3_sha})
     out["broken"] = broken
-    out["broken_run"] = released("broken v3")
+    out["broken_run"] = released_under_load("broken v3")
     since = datetime.now()
     out["skipped_run"] = released("v3 quarantined: skipped")
     out["containers_created"] = [
@@ -165,6 +180,15 @@ def test_a_broken_image_is_rolled_back_quarantined_and_not_tried_again(story, pi
     _, _, still = story["served"][5]
     assert still == after
     assert story["containers_created"] == []  # no container of the quarantined image (nor any other) was made
+
+
+@pytest.mark.parametrize("name", ["v2", "broken v3"])
+def test_a_release_under_steady_load_drops_no_request(story, name: str) -> None:
+    # (a) v1 → v2, new and old side by side then the old one drained; (b) a broken image that fails its
+    # verification and is rolled back (it never joins the serving port).
+    load = story["load"][name]
+    assert load["sent"] >= 4 * LOAD_RATE and load["rate"] >= 50, load
+    assert (load["failed"], load["connection_errors"]) == (0, 0), load
 
 
 def test_a_fixed_version_after_the_quarantine_is_released(story) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,9 @@ from typing import Any
 
 import pytest
 
+from bench.load import ConstantLoad, sample_request
 from modelship import net
+from modelship.history import parse_time
 from tests.e2e.pipeline import REPO, announce_image, asset_events, git, push_broken, run_dag, task_states
 from tests.k8s.conftest import local_overlay_on
 
@@ -85,6 +88,16 @@ def story(cluster_env, trained, docker_client, registry) -> dict[str, Any]:
         out["served"].append((run, status()))
         return run
 
+    def released_under_load(name: str):
+        """A release while clients send a steady 60 requests a second to the app's port on the node."""
+        with ConstantLoad(int(cluster_env["port"]), sample_request(), rate=60.0) as load:
+            time.sleep(2)  # steady state first
+            run = released()
+            time.sleep(2)
+        out.setdefault("load", {})[name] = load.summary()
+        print(f"kubernetes, {name}: {load.summary()}", flush=True)
+        return run
+
     def ci() -> dict[str, Any]:
         run = run_dag("ci", {"commit": commit})
         assert str(run.state) == "success", task_states(run)
@@ -94,7 +107,8 @@ def story(cluster_env, trained, docker_client, registry) -> dict[str, Any]:
         store.publish(trained[version])
         store.promote("digits", version)
         out[version] = ci()
-        assert str(released().state) == "success", task_states(out["served"][-1][0])
+        run = released() if version == "v1" else released_under_load(version)  # v1: nothing served before
+        assert str(run.state) == "success", task_states(run)
 
     store.publish(trained["v3"])
     store.promote("digits", "v3")
@@ -105,7 +119,7 @@ def story(cluster_env, trained, docker_client, registry) -> dict[str, Any]:
                          {"io.modelship.model.version": "v3", "io.modelship.model.sha256": sha})  # fmt: skip
     announce_image({**out["v2"], "tag": tag, "digest": broken, "model_version": "v3", "model_sha256": sha})
     out["broken"] = broken
-    out["broken_run"] = released()
+    out["broken_run"] = released_under_load("broken v3")
     before = pods(cluster_env["MODELSHIP_KUBE_NAMESPACE"])
     out["skipped_run"] = released()
     out["pods_before_after_skip"] = (before, pods(cluster_env["MODELSHIP_KUBE_NAMESPACE"]))
@@ -141,6 +155,22 @@ def test_a_broken_image_is_rolled_back_quarantined_and_left_alone_by_the_next_re
     assert still["image_digest"] == story["v2"]["digest"]
     before, after_skip = story["pods_before_after_skip"]
     assert after_skip == before  # not one pod made (or removed) by the skipped release
+
+
+@pytest.mark.parametrize("name", ["v2", "broken v3"])
+def test_a_release_to_the_cluster_under_steady_load_drops_no_request(story, name: str) -> None:
+    # (a) v1 → v2: the new pod shares the port, the old one drains; (b) a crash-looping image, rolled back.
+    load = story["load"][name]
+    assert load["sent"] >= 240 and load["rate"] >= 50, load
+    assert (load["failed"], load["connection_errors"]) == (0, 0), load
+
+
+def test_a_crash_looping_image_is_rolled_back_within_90_seconds_of_the_release_starting(story) -> None:
+    [record] = [e for e in asset_events("deployments") if e["run_id"] == story["broken_run"].run_id]
+    assert record["outcome"] == "rolled_back"
+    took = (parse_time(record["ended_at"]) - parse_time(record["started_at"])).total_seconds()
+    assert took < 90, record
+    assert "cannot come up" in record["reason"], record["reason"]
 
 
 def test_a_fixed_version_is_released_after_the_quarantine(story) -> None:
