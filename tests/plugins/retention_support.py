@@ -43,9 +43,9 @@ ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
 COPY app.py /srv/app.py
 COPY payload /payload
-ARG GIT_COMMIT BUILD_DATE SOURCE_URL APP_VERSION MODEL_NAME MODEL_VERSION MODEL_SHA256
+ARG GIT_COMMIT BUILD_DATE SOURCE_URL APP_VERSION MODEL_NAME MODEL_VERSION MODEL_SHA256 BROKEN=""
 ENV COMMIT=$GIT_COMMIT MODEL_NAME=$MODEL_NAME MODEL_VERSION=$MODEL_VERSION MODEL_SHA256=$MODEL_SHA256 \\
-    PYTHONDONTWRITEBYTECODE=1
+    BROKEN=$BROKEN PYTHONDONTWRITEBYTECODE=1
 LABEL org.opencontainers.image.revision=$GIT_COMMIT org.opencontainers.image.created=$BUILD_DATE \\
       org.opencontainers.image.source=$SOURCE_URL org.opencontainers.image.version=$APP_VERSION \\
       io.modelship.model.name=$MODEL_NAME io.modelship.model.version=$MODEL_VERSION \\
@@ -113,8 +113,9 @@ class World:
 
     # -- images ------------------------------------------------------------------------------------------
 
-    def image(self, commit: str, version: str, *, runnable: bool = False) -> ImageEvent:
-        """Build (one second of build time after the previous one), push and announce commit × version."""
+    def image(self, commit: str, version: str, *, runnable: bool = False, broken: bool = False) -> ImageEvent:
+        """Build (one second of build time after the previous one), push and announce commit × version.
+        `broken`: a runnable image that exits at start (a release of it fails and is rolled back)."""
         sha = self.store().manifest_sha256(self.model_name, version)
         self.built += 1
         created = (T0 + timedelta(seconds=self.built)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -122,12 +123,13 @@ class World:
                                  model_sha256=sha, source="test", created=created)  # fmt: skip
         context = self.root / "contexts" / str(self.built)
         context.mkdir(parents=True)
-        (context / "Dockerfile").write_text(RUNNABLE_DOCKERFILE if runnable else SCRATCH_DOCKERFILE)
         (context / "payload").write_bytes(os.urandom(self.payload_size))
         (context / "app.py").write_text(STANDIN_APP)
         tag = f"{commit[:12]}-{version}"
-        built = images.build_image(self.docker_client, context, f"{self.repository}:{tag}",
-                                   lineage.build_args(rootfs.BASE_IMAGE))  # fmt: skip
+        args = {**lineage.build_args(rootfs.BASE_IMAGE), **({"BROKEN": "exit"} if broken else {})}
+        runnable = runnable or broken
+        (context / "Dockerfile").write_text(RUNNABLE_DOCKERFILE if runnable else SCRATCH_DOCKERFILE)
+        built = images.build_image(self.docker_client, context, f"{self.repository}:{tag}", args)
         pushed = images.push_image(self.docker_client, built.id, self.repository, tag,
                                    registry_conn=self.env["MODELSHIP_REGISTRY_CONN_ID"])  # fmt: skip
         return ImageEvent(repository=f"{self.registry_address}/{self.repository}", tag=tag, digest=pushed.digest,
