@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from typing import Any
 from devstack import rootfs
 from modelpkg.manifest import write_manifest
 from modelship import images, retention
+from modelship.fs import USED_MARKER
 from modelship.lineage import DeploymentRecord, ImageEvent, Quarantine
 from modelship.model_store import open_store
 from modelship.registry import RegistryClient
@@ -217,3 +219,15 @@ def make_world(root: Path, *, docker_client, docker_engine, registry, reg_conn: 
     }
     return World(root, env, docker_client, registry.address)
 
+
+def old_entry(path: Path, days: float, *, marker: bool = True) -> Path:
+    """A cache entry last used `days` ago (by its marker, or its own mtime without one)."""
+    path.mkdir(parents=True)
+    (path / "something").write_bytes(b"x" * 1000)
+    if marker:
+        (path / USED_MARKER).touch()
+    when = time.time() - days * 86400
+    for p in (path / USED_MARKER, path):
+        if p.exists():
+            os.utime(p, (when, when))
+    return path

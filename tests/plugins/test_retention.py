@@ -16,7 +16,7 @@ import pytest
 from modelship import apptests, net, retention
 from modelship.deploy import get_target
 from modelship.fs import USED_MARKER
-from tests.plugins.retention_support import World, gone, make_world, reasons
+from tests.plugins.retention_support import World, gone, make_world, old_entry, reasons
 
 pytest_plugins = ["images_fixtures"]
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
@@ -185,18 +185,6 @@ def test_without_the_history_no_image_or_version_is_deleted(world: World) -> Non
 
 
 # ---------------------------------------------------------------------------------------- the dry run
-
-
-def old_entry(path: Path, days: float, *, marker: bool = True) -> Path:
-    path.mkdir(parents=True)
-    (path / "something").write_bytes(b"x" * 1000)
-    if marker:
-        (path / USED_MARKER).touch()
-    when = time.time() - days * 86400
-    for p in (path / USED_MARKER, path):
-        if p.exists():
-            os.utime(p, (when, when))
-    return path
 
 
 def cache_listing(root: Path) -> list[str]:
