@@ -16,6 +16,7 @@ import pytest
 from modelship import apptests, net, retention
 from modelship.deploy import get_target
 from modelship.fs import USED_MARKER
+from modelship.retention import store
 from tests.plugins.retention_support import World, gone, make_world, old_entry, reasons
 
 pytest_plugins = ["images_fixtures"]
@@ -182,6 +183,23 @@ def test_without_the_history_no_image_or_version_is_deleted(world: World) -> Non
     assert not report.of("deleted", "registry") and not report.of("deleted", "model store")
     assert any("`deployments` Asset events could not be read (Airflow unreachable)" in n for n in report.notes)
     assert "what they protect is unknown" in reasons(report, "registry", built[0].tag)
+
+
+def test_a_failed_deletion_is_reported_at_the_end_and_the_rest_goes_ahead(world: World) -> None:
+    for version in ("v1", "v2", "v3", "v4"):
+        world.model(version)
+    world.promote("v4")
+    protections = retention.gather(world.settings, images=[], quarantines=[], records=[])
+    world.promote("v2", "staging")  # after the protections were gathered: the store itself refuses to delete it
+    report = retention.Report()
+
+    store.prune(world.settings, protections, report, keep=1)
+
+    assert world.versions() == ["v2", "v4"]  # v1 and v3 went, around the failure
+    assert [(o.area, o.item.split(" (")[0]) for o in report.failures] == [("model store", f"{world.model_name} v2")]
+    assert "promoted as 'staging'" in report.failures[0].why
+    with pytest.raises(retention.PruneFailed, match=r"1 item\(s\) could not be deleted .* v2"):
+        report.finish()
 
 
 # ---------------------------------------------------------------------------------------- the dry run
