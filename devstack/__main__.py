@@ -5,6 +5,7 @@
     status                  what `up` started, and whether it runs
     demo [--target T]       make demo: the story through Airflow's REST API (TARGET=kubernetes: on the cluster)
     distributed up|down|status|running|images     the compose stack (make up-distributed / down-distributed)
+    registry-gc [--registry-dir DIR]   reclaim the local registry's unreferenced blobs (after modelship gc)
     cluster up|down|status  the local Kubernetes cluster alone
 """
 
@@ -81,6 +82,14 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_gc(args: argparse.Namespace) -> int:
+    from devstack.components import Registry
+
+    registry = Registry.at(Path(args.registry_dir).resolve() if args.registry_dir else _state(args) / "registry")
+    print(f"registry {registry.address}: {registry.garbage_collect()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -104,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     cluster = sub.add_parser("cluster", help="the local Kubernetes cluster alone")
     cluster.add_argument("action", choices=("up", "down", "status"))
     cluster.set_defaults(handler=_cluster)
+    gc = sub.add_parser("registry-gc", help="reclaim the local registry's unreferenced blobs (stops it briefly)")
+    gc.add_argument("--registry-dir", help="the registry's state folder (default: <state>/registry)")
+    gc.set_defaults(handler=_registry_gc)
     return parser
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -141,6 +142,41 @@ class Registry:
 
     def stop(self) -> None:
         self.proc.stop()
+
+    @classmethod
+    def at(cls, state_dir: Path) -> Registry:
+        """The registry a stack started in `state_dir` (its port read back from the config it wrote)."""
+        config = Path(state_dir) / "registry.yml"
+        found = re.search(r"addr: [^:\s]+:(\d+)", config.read_text()) if config.exists() else None
+        if not found:
+            raise StackError(f"no registry was ever started in {state_dir} ({config} is missing)")
+        return cls(Path(state_dir), port=int(found.group(1)))
+
+    def garbage_collect(self) -> str:
+        """Reclaim the blobs no manifest references any more (after modelship gc deleted manifests).
+
+        `docker-registry garbage-collect` runs with the registry stopped for the seconds it takes: upstream warns
+        that a push during a collection can lose its layers; a push meanwhile is refused and retried instead.
+        Untagged manifests are kept (no --delete-untagged): a release may pin one by digest. Returns the
+        collector's summary ("N blobs marked, M blobs and K manifests eligible for deletion").
+        """
+        config = self.state_dir / "registry.yml"
+        if not config.exists():
+            raise StackError(f"registry in {self.state_dir} was never started: no {config}")
+        if not (self.state_dir / "registry-data" / "docker" / "registry" / "v2" / "repositories").is_dir():
+            return "nothing to collect (no repository yet)"  # the collector fails on an empty registry
+        running = self.proc.pid() is not None
+        self.stop()
+        try:
+            done = subprocess.run(["docker-registry", "garbage-collect", str(config)], capture_output=True, text=True,
+                                  timeout=1800)  # fmt: skip
+        finally:
+            if running:
+                self.start()
+        if done.returncode != 0:
+            raise StackError(f"docker-registry garbage-collect {config} failed: {done.stderr.strip()[-1000:]}")
+        summary = [line for line in done.stdout.splitlines() if "blobs marked" in line]
+        return summary[-1].strip() if summary else "nothing to collect"
 
 
 def unmount_under(root: Path) -> None:

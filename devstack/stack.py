@@ -124,6 +124,10 @@ class Stack:
             "MODELSHIP_BASE_IMAGE": BASE_IMAGE,
             "MODELSHIP_DOCKER_HOST": self.docker.url,
             "DOCKER_HOST": self.docker.url,
+            # This stack owns the registry: modelship gc reclaims the blobs of what it deleted (stops it briefly).
+            "MODELSHIP_REGISTRY_GC_COMMAND": shlex.join(
+                [sys.executable, "-m", "devstack", "--state", str(self.state), "registry-gc"]
+            ),
             **openlineage_environment(self.state / "openlineage" / "events.jsonl"),
         }
 

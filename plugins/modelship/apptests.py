@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from modelpkg.atomic import atomic_dir
+from modelship.fs import mark_used
 from modelship.retry import Transient
 from modelship.verdicts import Verdict
 
@@ -46,6 +47,7 @@ def environment(checkout: Path, cache_dir: Path) -> Path:
     venv = cache_dir / "testenv" / digest.hexdigest()[:16]
     if (venv / ".complete").exists():
         log.info("reusing the cached test environment %s", venv)
+        mark_used(venv)
         return venv
     log.info("creating the test environment %s (first use of these requirements)", venv)
     # Renamed into place only when complete, so a broken install is never reused; a concurrent run that
@@ -63,6 +65,7 @@ def environment(checkout: Path, cache_dir: Path) -> Path:
                 raise TestEnvironmentUnavailable(f"the package index did not answer while installing:\n{said}")
             raise AppTestsFailed(f"installing the test requirements failed:\n{said}")
         (tmp / ".complete").touch()
+    mark_used(venv)
     return venv
 
 

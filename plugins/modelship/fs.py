@@ -5,12 +5,30 @@ A hard link shares the bytes with the original, so never write into a linked fil
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache", ".ruff_cache")
+# Touched inside a cache entry (a test environment, a wheelhouse) each time it is used: retention removes
+# entries by when they were last used, not when they were made. Never copied into a build context.
+USED_MARKER = ".last-used"
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache", ".ruff_cache", USED_MARKER)
+
+
+def mark_used(entry: Path) -> None:
+    """Record that the cache entry `entry` (a folder) is used now (best effort: a read-only cache still works)."""
+    with contextlib.suppress(OSError):
+        (Path(entry) / USED_MARKER).touch()
+
+
+def last_used(entry: Path) -> float:
+    """When `entry` was last used (its marker's mtime; an entry from before markers: its own mtime)."""
+    for path in (Path(entry) / USED_MARKER, Path(entry)):
+        with contextlib.suppress(OSError):
+            return path.stat().st_mtime
+    return 0.0
 
 
 def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> bool:

@@ -3,7 +3,8 @@
 CI asks "is this commit + model already pushed?" (`already_pushed`: the tag exists AND its labels name the
 same commit and model sha256, so a re-run skips the build but a re-used tag is never trusted blindly), and
 release asks "does this digest exist?" (`exists`). Both only read the registry, so they use its HTTP API
-directly instead of a Docker engine.
+directly instead of a Docker engine. Retention (modelship.retention) deletes manifests by digest
+(`delete_manifest`); the blobs they leave are the registry's own garbage collection's to reclaim.
 
 Authentication: HTTP Basic with the connection's login/password first (the local Distribution registry
 with htpasswd, and ACR with admin or service-principal credentials, accept it). A registry that answers
@@ -69,7 +70,7 @@ def _base_url(host: str, port: int | None) -> str:
 
 
 class RegistryClient:
-    """A small, read-only client for one registry's v2 API."""
+    """A small client for one registry's v2 API: reads, and deleting a manifest by digest."""
 
     def __init__(
         self,
@@ -148,6 +149,11 @@ class RegistryClient:
 
     def labels(self, repository: str, reference: str) -> dict[str, str]:
         """The image's labels (config.Labels): manifest → config blob. RegistryNotFound if absent."""
+        return dict((self.config(repository, reference).get("config") or {}).get("Labels") or {})
+
+    def config(self, repository: str, reference: str) -> dict[str, Any]:
+        """The image's config blob (labels under config.Labels, the build time under created).
+        RegistryNotFound if the manifest is absent."""
         manifest = self._manifest(repository, reference)
         if manifest.get("mediaType") in _LISTS or "manifests" in manifest:
             # A multi-platform image: the labels live in each platform's config; take linux/amd64.
@@ -160,8 +166,27 @@ class RegistryClient:
             raise RegistryError(f"{self.address}/{repository}@{reference}: manifest has no config blob")
         response = self._request("GET", f"/v2/{repository}/blobs/{config_digest}", repository)
         self._check(response, f"fetch config {config_digest} of {repository}")
-        config = response.json()
-        return dict((config.get("config") or {}).get("Labels") or {})
+        return response.json()
+
+    def delete_manifest(self, repository: str, digest: str) -> bool:
+        """Delete a manifest by digest, and with it every tag that names it; False when it was already gone.
+
+        Deleting needs the registry's consent: Distribution's `storage.delete.enabled: true`, on ACR the
+        AcrDelete role (AcrPush alone cannot delete). The blobs stay until the registry's garbage collection
+        (Distribution: `registry garbage-collect <config>`; ACR reclaims them itself).
+        """
+        if not digest.startswith("sha256:"):
+            raise RegistryError(f"refusing to delete {repository}:{digest}: delete by digest (sha256:…), never by tag")
+        response = self._request("DELETE", f"/v2/{repository}/manifests/{digest}", repository, action="delete")
+        if response.status_code == 404:
+            return False
+        if response.status_code == 405:
+            raise RegistryError(
+                f"registry {self.address} does not allow deleting manifests (HTTP 405 {_errors(response)}): "
+                "Distribution needs storage.delete.enabled: true (REGISTRY_STORAGE_DELETE_ENABLED=true)"
+            )
+        self._check(response, f"delete {repository}@{digest}")
+        return True
 
     def already_pushed(self, repository: str, tag: str, *, commit: str, model_sha256: str) -> str | None:
         """The digest of repository:tag if it exists AND its labels name this commit and model, else None.
@@ -209,10 +234,10 @@ class RegistryClient:
                 f"registry {self.address}: {what} failed: HTTP {response.status_code} {_errors(response)}"
             )
 
-    def _request(self, method: str, path: str, repository: str) -> requests.Response:
+    def _request(self, method: str, path: str, repository: str, action: str = "pull") -> requests.Response:
         """One request (retried, see _send_retrying); a Bearer challenge switches to the token flow once."""
         url = urljoin(self.base_url, path)
-        scope = f"repository:{repository}:pull"
+        scope = f"repository:{repository}:{action}"
         headers = {"Accept": MANIFEST_ACCEPT} if "/manifests/" in path else {}
         response = self._send_retrying(method, url, headers, scope)
         if response.status_code == 401 and self.username:

@@ -61,6 +61,15 @@ class Settings:
     # Local state: per-run workspaces, caches (model cache, wheelhouse, test environments).
     state_dir: Path  # MODELSHIP_STATE
 
+    # Retention (modelship.retention: `modelship gc`, the maintenance DAG). What serves, is promoted, quarantined,
+    # a rollback target or the desired state is always kept on top of these.
+    keep_images: int = 10  # MODELSHIP_KEEP_IMAGES: newest app images kept in the registry and on the engine
+    keep_model_versions: int = 5  # MODELSHIP_KEEP_MODEL_VERSIONS: newest versions kept per model in the store
+    cache_max_idle_days: float = 14.0  # MODELSHIP_CACHE_MAX_IDLE_DAYS: test envs and wheelhouses unused longer go
+    gc_grace_hours: float = 6.0  # MODELSHIP_GC_GRACE_HOURS: engine images younger than this stay (a ci run's)
+    maintenance_schedule: str = "0 3 * * 0"  # MODELSHIP_MAINTENANCE_SCHEDULE: weekly, after a nightly release
+    registry_gc_command: str = ""  # MODELSHIP_REGISTRY_GC_COMMAND: reclaims the registry's blobs after deletes
+
     @property
     def cache_dir(self) -> Path:
         # MODELSHIP_CACHE: caches may outlive the state folder (wheelhouse, test venvs, model cache).
@@ -99,4 +108,10 @@ class Settings:
             kube_overlay=_env("MODELSHIP_KUBE_OVERLAY", "aks"),
             rollout_timeout=float(_env("MODELSHIP_ROLLOUT_TIMEOUT", "600")),
             state_dir=state,
+            keep_images=int(_env("MODELSHIP_KEEP_IMAGES", "10")),
+            keep_model_versions=int(_env("MODELSHIP_KEEP_MODEL_VERSIONS", "5")),
+            cache_max_idle_days=float(_env("MODELSHIP_CACHE_MAX_IDLE_DAYS", "14")),
+            gc_grace_hours=float(_env("MODELSHIP_GC_GRACE_HOURS", "6")),
+            maintenance_schedule=_env("MODELSHIP_MAINTENANCE_SCHEDULE", "0 3 * * 0"),
+            registry_gc_command=_env("MODELSHIP_REGISTRY_GC_COMMAND", ""),
         )

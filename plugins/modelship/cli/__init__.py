@@ -10,14 +10,16 @@
     modelship image quarantined
     modelship image release-quarantine DIGEST
     modelship connections check
+    modelship gc [--dry-run] [--keep N]
 
 Every command takes --json (machine-readable output on stdout). Errors go to stderr as one line and exit
 with status 1; MODELSHIP_DEBUG=1 shows the traceback instead. The store and its credentials come from the
 same settings and Airflow connections the DAGs use (MODELSHIP_MODEL_STORE, AIRFLOW_CONN_MODELSHIP_BLOB, ...).
 
-One module per command group (model, release, connections): each has `register(sub)`, which adds its
+One module per command group (model, release, connections, gc): each has `register(sub)`, which adds its
 parsers to `sub`, gives each command `parents=[COMMON]` and `set_defaults(handler=...)`. A handler takes the
-parsed args and returns (data for --json, human-readable text). `history`, `image` and the desired state in
+parsed args and returns (data for --json, human-readable text), and may add an exit status (gc: 1 when an
+item could not be deleted, after printing the report). `history`, `image` and the desired state in
 `status` read Airflow's metadata through its REST API (MODELSHIP_AIRFLOW_URL and credentials:
 modelship.airflow_api).
 """
@@ -40,9 +42,9 @@ Handler = Callable[[argparse.Namespace], tuple[Any, str]]
 
 
 def command_groups() -> list[Callable[[argparse._SubParsersAction], None]]:
-    from modelship.cli import connections, model, release
+    from modelship.cli import connections, gc, model, release
 
-    return [model.register, release.register, connections.register]
+    return [model.register, release.register, connections.register, gc.register]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.propagate = False
     logging.getLogger("modelship.model_store.retry").setLevel(logging.INFO)
     try:
-        data, text = args.handler(args)
+        data, text, *status = args.handler(args)
     except KeyboardInterrupt:
         print("modelship: interrupted", file=sys.stderr)
         return 130
@@ -79,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         logger.removeHandler(handler)
     print(json.dumps(data, indent=2, sort_keys=True, default=str) if args.json else text)
-    return 0
+    return status[0] if status else 0
 
 
 if __name__ == "__main__":

@@ -42,6 +42,11 @@ class Target(Protocol):
         """What serves now: image digest, commit, model version, since when (from the target alone)."""
         ...
 
+    def revisions(self) -> list[dict[str, Any]]:
+        """Every build the target keeps and could return to by itself (what serves included): image digest,
+        commit, model version and sha256, and where it is kept. Retention never deletes these."""
+        ...
+
 
 def get_target(name: str, settings: Settings) -> Target:
     """The target called ``name`` ("docker" or "kubernetes"), configured from settings."""

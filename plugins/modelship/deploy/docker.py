@@ -131,6 +131,19 @@ class DockerTarget:
             "since": labels.get(keys.CONTAINER_DEPLOYED_AT),
         }
 
+    def revisions(self) -> list[dict[str, Any]]:
+        """Every app container of this port, serving or stopped (a deploy cut off mid-swap keeps the old one)."""
+        return [
+            {
+                "image_digest": c["Labels"].get(keys.CONTAINER_IMAGE_DIGEST),
+                "commit": c["Labels"].get(keys.CONTAINER_COMMIT),
+                "model_version": c["Labels"].get(keys.LABEL_MODEL_VERSION),
+                "model_sha256": c["Labels"].get(keys.LABEL_MODEL_SHA256),
+                "where": f"container {c['Names'][0].lstrip('/')} ({c['State']})",
+            }
+            for c in self._containers("app")
+        ]
+
     # -- building blocks ---------------------------------------------------------------------------------
 
     def _inspect_image(self, image: str) -> dict[str, Any]:

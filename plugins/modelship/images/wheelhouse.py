@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO
 
 from modelpkg.atomic import atomic_dir
+from modelship.fs import mark_used
 
 log = logging.getLogger("modelship.images")
 
@@ -34,6 +35,7 @@ def wheelhouse(requirements: Path, cache_dir: Path, *, timeout: float = 900) -> 
     target = root / key
     if target.is_dir():
         log.info("wheelhouse %s: cached for %s", target, requirements)
+        mark_used(target)
         return target
     argv = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--disable-pip-version-check",
             "--no-input", "--progress-bar", "off", "-r", str(requirements), "-d"]  # fmt: skip
@@ -45,6 +47,7 @@ def wheelhouse(requirements: Path, cache_dir: Path, *, timeout: float = 900) -> 
         _run_logged([*argv, str(staging)], timeout=timeout, error=WheelhouseError)
     wheels = sorted(p.name for p in target.glob("*.whl"))
     log.info("wheelhouse %s: %d wheels in %.0fs", target, len(wheels), time.monotonic() - started)
+    mark_used(target)
     return target
 
 

@@ -8,9 +8,11 @@ differ): a folder (``local:/abs/path``) and an Azure Blob container (``wasb:<con
     <name>/aliases/<alias>.json              {"version", "manifest_sha256", "promoted_at", "previous"}
 
 A version exists only once its model.json exists: readers ignore a folder without one (a publish that
-died half-way). Versions are immutable: publish refuses to overwrite one. An alias moves only by
-compare-and-swap (ETag on Azure, a lock file on disk), so of two concurrent promotions one wins and the
-other raises PromotionConflict instead of silently undoing the first.
+died half-way). Versions are immutable: publish refuses to overwrite one. Deleting one (modelship.retention)
+is the mirror image: model.json FIRST, so the version vanishes for every reader at once, then its files;
+never while an alias names it. An alias moves only by compare-and-swap (ETag on Azure, a lock file on disk),
+so of two concurrent promotions one wins and the other raises PromotionConflict instead of silently undoing
+the first.
 
 fetch() verifies every sha256 against model.json before the package appears at its destination, and
 keeps verified packages in a local cache keyed by the manifest sha256 (the version's identity): a repeat

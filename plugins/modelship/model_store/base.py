@@ -1,6 +1,6 @@
 """The store's logic, once for every backend: names and keys, manifests and aliases, publish (files first,
-model.json last), promote (compare-and-swap), fetch (verified, atomic, cached). Backends provide six storage
-primitives (modelship.model_store.local, .blob)."""
+model.json last), promote (compare-and-swap), fetch (verified, atomic, cached), delete (model.json first).
+Backends provide seven storage primitives (modelship.model_store.local, .blob)."""
 
 from __future__ import annotations
 
@@ -115,6 +115,13 @@ class ModelStore:
     def _list(self, prefix: str) -> list[str]:
         """Every key under prefix (which ends with '/')."""
         raise NotImplementedError
+
+    def _delete(self, key: str) -> None:
+        """Remove one object; one that is already gone is no error (a retried delete whose answer was lost)."""
+        raise NotImplementedError
+
+    def _forget(self, prefix: str) -> None:
+        """After every key under prefix was deleted: whatever the backend keeps besides keys (empty folders)."""
 
     def _prepare_for_write(self) -> None:
         """Create whatever must exist before the first write (folder, container)."""
@@ -326,6 +333,38 @@ class ModelStore:
             ) from None
         log.info("promoted %s:%s from %s to %s (sha256 %s)", name, alias, current_version, version, sha)
         return record
+
+    # Delete.
+    def delete_version(self, name: str, version: str) -> int:
+        """Delete a published version; the number of objects removed.
+
+        model.json goes FIRST: from that moment no reader sees the version at all (list, resolve and fetch all
+        go by the manifest, and a folder without one is ignored), so nobody ever reads half a version. Then
+        its files. A deletion cut off half-way leaves only files without a manifest; calling this again
+        finishes it. Refused while an alias names the version (move the alias first).
+        """
+        _check_name("model name", name)
+        _check_name("version", version)
+        for alias, record in self.list_aliases(name).items():
+            if record["version"] == version:
+                raise ModelStoreError(
+                    f"model {name} version {version} is promoted as {alias!r} in {self}: not deleting it "
+                    "(promote another version first)"
+                )
+        prefix = f"{name}/versions/{version}/"
+        manifest = self._version_key(name, version)
+        keys = self._list(prefix)
+        if not keys:
+            raise ModelNotFound(f"model {name} has no version {version!r} in {self}")
+        if manifest in keys:
+            self._delete(manifest)
+        rest = [key for key in keys if key != manifest]
+        for key in rest:
+            self._delete(key)
+        self._forget(prefix)
+        log.info("deleted model %s version %s from %s (%d objects, model.json first)", name, version, self,
+                 len(keys))  # fmt: skip
+        return len(keys)
 
     # Fetch.
     def fetch(self, name: str, version_or_alias: str, dest: str | os.PathLike[str]) -> dict[str, Any]:

@@ -138,6 +138,12 @@ class BlobModelStore(ModelStore):
         except ResourceNotFoundError:
             raise ModelNotFound(f"{key} not found in {self}") from None
 
+    def _delete(self, key: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with contextlib.suppress(ResourceNotFoundError):  # gone already: a retry after a lost answer
+            self._call(f"deleting {key}", self._blob(key).delete_blob)
+
     def _list(self, prefix: str) -> list[str]:
         from azure.core.exceptions import ResourceNotFoundError
 

@@ -79,6 +79,15 @@ class LocalModelStore(ModelStore):
             raise ModelNotFound(f"{key} not found in {self}") from None
         return path.stat().st_size
 
+    def _delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def _forget(self, prefix: str) -> None:
+        # Hidden leftovers (a publish's staging files) and the empty folders: the version's folder goes whole.
+        folder = self._path(prefix.rstrip("/"))
+        if folder.is_dir() and folder.resolve().is_relative_to(self.root.resolve()):
+            shutil.rmtree(folder, ignore_errors=True)
+
     def _list(self, prefix: str) -> list[str]:
         base = self.root / prefix if prefix else self.root
         if not base.is_dir():

@@ -169,6 +169,32 @@ class KubernetesTarget(KubernetesCluster):
             "port": app_port(deployment) if deployment.spec.template.spec.host_network else None,
         }
 
+    def revisions(self, name: str | None = None, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The build of every ReplicaSet the Deployment keeps (revisionHistoryLimit): what `rollout undo` can
+        return to, the current revision included."""
+        from kubernetes.client.exceptions import ApiException
+
+        name = name or self.app_name
+        namespace = namespace or self.namespace or "default"
+        try:
+            deployment = self.apps.read_namespaced_deployment(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return []
+            raise
+        found = []
+        for replica_set in self._replica_sets(deployment):
+            annotations = template_annotations(replica_set)  # a ReplicaSet has the Deployment's template shape
+            image = app_image(replica_set)
+            found.append({
+                "image_digest": annotations.get(ANN_IMAGE_DIGEST) or (image.partition("@")[2] or None),
+                "commit": annotations.get(ANN_COMMIT),
+                "model_version": annotations.get(ANN_MODEL_VERSION),
+                "model_sha256": annotations.get(ANN_MODEL_SHA256),
+                "where": f"ReplicaSet {namespace}/{replica_set.metadata.name} (revision {revision_of(replica_set)})",
+            })  # fmt: skip
+        return found
+
     # -- the whole release step ------------------------------------------------------------------------
 
     def deploy(
