@@ -33,8 +33,8 @@ from modelship.lineage import (
     Quarantine,
     ReleaseImage,
 )
-from modelship.settings import DEFAULT_ARGS, Settings
-from modelship.tasks import emit, events, step
+from modelship.settings import Settings
+from modelship.tasks import DAG_DEFAULT_ARGS, emit, events, step
 
 _settings = Settings.get()  # environment only: no I/O at parse time
 
@@ -46,7 +46,7 @@ _settings = Settings.get()  # environment only: no I/O at parse time
     catchup=False,
     max_active_runs=1,  # one deployment at a time per target
     tags=["modelship", "release"],
-    default_args=DEFAULT_ARGS,
+    default_args=DAG_DEFAULT_ARGS,
     doc_md=__doc__,
     params={
         "target": Param(
