@@ -64,6 +64,10 @@ class Settings:
     kube_namespace: str  # MODELSHIP_KUBE_NAMESPACE
     kube_overlay: str  # MODELSHIP_KUBE_OVERLAY: k8s/overlays/<name>, or a path to an overlay folder
     rollout_timeout: float  # MODELSHIP_ROLLOUT_TIMEOUT: seconds a kubernetes rollout may take before it is rolled back
+    # MODELSHIP_APPROVAL_TARGETS: targets whose releases wait for a person to approve them in the Airflow UI,
+    # comma-separated (e.g. "kubernetes"); none by default. Read when the release DAG is parsed.
+    approval_targets: tuple[str, ...]
+    approval_timeout: float  # MODELSHIP_APPROVAL_TIMEOUT: seconds an approval may wait; then it is a rejection
 
     # Failure notices: to whom (MODELSHIP_NOTIFY_EMAIL, comma-separated; none: no e-mail), through smtp_conn_id.
     notify_email: tuple[str, ...]
@@ -110,6 +114,8 @@ class Settings:
             kube_namespace=_env("MODELSHIP_KUBE_NAMESPACE", "modelship"),
             kube_overlay=_env("MODELSHIP_KUBE_OVERLAY", "aks"),
             rollout_timeout=float(_env("MODELSHIP_ROLLOUT_TIMEOUT", "600")),
+            approval_targets=_names(_env("MODELSHIP_APPROVAL_TARGETS", "")),
+            approval_timeout=float(_env("MODELSHIP_APPROVAL_TIMEOUT", str(24 * 3600))),
             notify_email=_names(_env("MODELSHIP_NOTIFY_EMAIL", "")),
             state_dir=state,
         )
