@@ -7,6 +7,7 @@ makes its tests fail loudly rather than skip quietly: in CI everything the suite
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -85,17 +86,18 @@ def airflow_db() -> Path:
     return home
 
 
-@pytest.fixture(scope="session")
-def airflow_rest(airflow_db: Path, stack_dir: Path) -> Iterator[dict[str, str]]:
-    """Airflow's api-server on the session's DB (127.0.0.1, a free port), for what reads Airflow's metadata
-    through its REST API (modelship history, status, image …). Yields the MODELSHIP_AIRFLOW_* variables."""
+@contextlib.contextmanager
+def api_server(state_dir: Path, name: str = "api-server") -> Iterator[dict[str, str]]:
+    """Airflow's api-server on the session's DB (127.0.0.1, a free port), with the test process's environment
+    as it is now (its settings and connections, and this repository's plugins: the Deployments page). Yields
+    the MODELSHIP_AIRFLOW_* variables that reach it as admin."""
     import sys
 
     from devstack.process import Process
 
     port = net.free_port()
     home = Path(os.environ["AIRFLOW_HOME"])
-    proc = Process("api-server", stack_dir / "api-server")
+    proc = Process(name, state_dir / name)
     venv_bin = Path(sys.executable).parent
     proc.spawn(
         [str(venv_bin / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
@@ -112,6 +114,21 @@ def airflow_rest(airflow_db: Path, stack_dir: Path) -> Iterator[dict[str, str]]:
         }
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def start_api_server(airflow_db: Path, stack_dir: Path):
+    """`with start_api_server("name") as rest:` another api-server on the session's DB, started with the
+    environment the test has set by then (its own settings: a target port, a model store, a source)."""
+    return lambda name: api_server(stack_dir, name)
+
+
+@pytest.fixture(scope="session")
+def airflow_rest(airflow_db: Path, stack_dir: Path) -> Iterator[dict[str, str]]:
+    """Airflow's api-server on the session's DB, for what reads Airflow's metadata through its REST API
+    (modelship history, status, image …). Yields the MODELSHIP_AIRFLOW_* variables."""
+    with api_server(stack_dir) as env:
+        yield env
 
 
 class Inbox:
