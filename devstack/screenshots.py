@@ -1,7 +1,10 @@
 """README screenshots of the Airflow UI, taken with Debian's headless Chromium against a running stack.
 
-    make up && make demo                     # green runs of all three DAGs to show
-    .venv/bin/python scripts/screenshots.py  # writes docs/images/*.png (1400x900)
+    make up && make demo                          # green runs of all three DAGs to show
+    .venv/bin/python -m devstack.screenshots      # writes docs/images/*.png (1400x900)
+
+Besides the DAG views and the trigger form: the Deployments page (modelship.ui) as the UI's navigation shows
+it, once its frame has drawn what serves and the history.
 
 Logs in the way the UI does: a JWT from the simple auth manager (POST /auth/token with the admin
 password `make up` generated) in the `_token` cookie, which the API server reads on every UI request.
@@ -149,11 +152,35 @@ VIEWS = {
 }
 SET_VIEW = "localStorage.setItem('default_dag_view', JSON.stringify('{view}'))"  # the UI's grid/graph toggle
 FORM_READY = "[...document.querySelectorAll('[role=dialog]')].some(d => d.innerText.includes('Minimum accuracy'))"
+# The Deployments page, in its frame inside the UI: drawn once a target card and a history row are there.
+DEPLOYMENTS_READY = """(() => {
+  const frame = document.querySelector('iframe[title=Deployments]');
+  const doc = frame && frame.contentDocument;
+  return !!(doc && doc.querySelector('[data-target] .serving') && doc.querySelector('tr.record'));
+})()"""
 CLICK_TRIGGER = """(() => {
   const b = [...document.querySelectorAll('button')].find(e => e.innerText.trim() === 'Trigger');
   if (b) b.click();
   return !!b;
 })()"""
+
+
+def dag_views(page: Page, base: str, runs: dict[str, dict[str, Any]], out: Path) -> None:
+    """Each DAG's latest all-green run in its view, then model_refresh's trigger form filled in."""
+    page.open(f"{base}/dags")
+    for dag_id, run in runs.items():
+        view, ready = VIEWS[dag_id]
+        page.js(SET_VIEW.format(view=view))
+        page.open(f"{base}/dags/{dag_id}/runs/{urllib.parse.quote(run['dag_run_id'], safe='')}")
+        page.wait_for(ready, f"the {dag_id} run in the {view} view")
+        page.capture(out / f"dag-{dag_id}.png")
+    page.open(f"{base}/dags/model_refresh")
+    page.wait_for(CLICK_TRIGGER, "the Trigger button")
+    page.wait_for(FORM_READY, "the trigger form")
+    # Fill in the one required field the way a data scientist would, with the version last promoted.
+    page.js("document.getElementById('element_version').focus()")
+    page.send("Input.insertText", text=str((runs["model_refresh"].get("conf") or {}).get("version", "v1")))
+    page.capture(out / "trigger-model_refresh.png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,30 +193,24 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    parser.add_argument("--only", nargs="+", choices=("dags", "deployments"), default=["dags", "deployments"],
+                        help="the DAG views and trigger form (dags), the Deployments page (deployments)")  # fmt: skip
     args = parser.parse_args(argv)
     base = args.airflow.rstrip("/")
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         password = json.loads(args.password_file.read_text())[args.user]
         token = api(base, "POST", "/auth/token", body={"username": args.user, "password": password})["access_token"]
-        runs = {dag_id: latest_green_run(base, token, dag_id) for dag_id in VIEWS}
+        runs = {dag_id: latest_green_run(base, token, dag_id) for dag_id in VIEWS} if "dags" in args.only else {}
         host = urllib.parse.urlsplit(base).hostname
         with chromium(args.chromium) as page:
             page.send("Network.setCookie", name="_token", value=token, domain=host, path="/", httpOnly=True)
-            page.open(f"{base}/dags")
-            for dag_id, run in runs.items():
-                view, ready = VIEWS[dag_id]
-                page.js(SET_VIEW.format(view=view))
-                page.open(f"{base}/dags/{dag_id}/runs/{urllib.parse.quote(run['dag_run_id'], safe='')}")
-                page.wait_for(ready, f"the {dag_id} run in the {view} view")
-                page.capture(args.out / f"dag-{dag_id}.png")
-            page.open(f"{base}/dags/model_refresh")
-            page.wait_for(CLICK_TRIGGER, "the Trigger button")
-            page.wait_for(FORM_READY, "the trigger form")
-            # Fill in the one required field the way a data scientist would, with the version last promoted.
-            page.js("document.getElementById('element_version').focus()")
-            page.send("Input.insertText", text=str((runs["model_refresh"].get("conf") or {}).get("version", "v1")))
-            page.capture(args.out / "trigger-model_refresh.png")
+            if "dags" in args.only:
+                dag_views(page, base, runs, args.out)
+            if "deployments" in args.only:
+                page.open(f"{base}/plugin/deployments")
+                page.wait_for(DEPLOYMENTS_READY, "the Deployments page with what serves and the history", timeout=60)
+                page.capture(args.out / "deployments-page.png")
     except (ScreenshotFailed, OSError, KeyError) as exc:
         print(f"screenshots FAILED: {exc}", file=sys.stderr)
         return 1
