@@ -3,10 +3,11 @@ DevTools protocol) after a demo-like story on the docker target:
 
 v1 released → v2 promoted, built by ci, released → v3 promoted, its image breaks in production: the release
 rolls back to v2 and quarantines it. The page is served by this repository's plugin in a real api-server on
-the session's metadata DB (with this module's settings: its own model store, source clone and serving port;
-no kubernetes connection). It shows v2 serving and why that is not the desired state, v3 quarantined with
-its reason, the timeline with links to the runs, the model versions; anonymous requests are refused; "deploy
-this one" starts a release run as the logged-in user, forced past a quarantine only after confirming.
+the session's metadata DB (with this module's settings: its own model store, image repository, source clone
+and serving port; no kubernetes connection). It shows v2 serving and why that is not the desired state, v3
+quarantined with its reason, the timeline with links to the runs, the model versions; anonymous requests
+are refused; "deploy this one" starts a release run as the logged-in user, forced past a quarantine only
+after confirming.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def story(ci_v1, pipeline_env, trained, tmp_path_factory, docker_client, registr
     out: dict[str, Any] = {"commit": commit, "port": port, "runs": {}}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MODELSHIP_MODEL_STORE", "wasb:ui-models")
+        # Its own repository too: the builds here must not be "already pushed" for the other e2e stories.
+        mp.setenv("MODELSHIP_IMAGE_REPOSITORY", "modelship/ui-story")
         mp.setenv("MODELSHIP_SOURCE_REPO", str(source))
         mp.setenv("MODELSHIP_DOCKER_DEPLOY_PORT", str(port))
         mp.delenv("AIRFLOW_CONN_MODELSHIP_KUBERNETES", raising=False)
