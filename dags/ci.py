@@ -25,8 +25,8 @@ from airflow.sdk import Param, dag, task
 
 from modelship import ci as steps
 from modelship.lineage import IMAGE, MODEL, Build, ImageEvent, commits_asset
-from modelship.settings import DEFAULT_ARGS, Settings
-from modelship.tasks import emit, step
+from modelship.settings import Settings
+from modelship.tasks import DAG_DEFAULT_ARGS, emit, step
 
 _settings = Settings.get()  # environment only: no I/O at parse time
 
@@ -38,7 +38,7 @@ _settings = Settings.get()  # environment only: no I/O at parse time
     catchup=False,
     max_active_runs=4,
     tags=["modelship", "ci"],
-    default_args=DEFAULT_ARGS,
+    default_args=DAG_DEFAULT_ARGS,
     doc_md=__doc__,
     params={
         "commit": Param(

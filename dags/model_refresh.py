@@ -25,8 +25,8 @@ from typing import Any
 from airflow.sdk import Param, dag, task
 
 from modelship.lineage import MODEL, ModelEvent, ValidatedModel
-from modelship.settings import DEFAULT_ARGS, Settings
-from modelship.tasks import emit, step
+from modelship.settings import Settings
+from modelship.tasks import DAG_DEFAULT_ARGS, emit, step
 from modelship.validation import run_promote, run_validate
 
 _settings = Settings.get()  # environment only: no I/O at parse time
@@ -39,7 +39,7 @@ _settings = Settings.get()  # environment only: no I/O at parse time
     catchup=False,
     tags=["modelship", "model"],
     doc_md=__doc__,
-    default_args=DEFAULT_ARGS,
+    default_args=DAG_DEFAULT_ARGS,
     params={
         "model_name": Param(
             _settings.model_name,

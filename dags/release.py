@@ -6,12 +6,17 @@
    last; or the image the `image` param names. Proven to exist in the registry by digest, its lineage read
    from its own labels. Nothing built yet for that pair: skipped (ci is building it). A quarantined image:
    skipped, naming when and why, unless `force`; what serves keeps serving.
-2. **deploy**: on the target (`docker` on one host, the embedded default; `kubernetes` for AKS or any
+2. **approve** (only where MODELSHIP_APPROVAL_TARGETS switches the gate on, e.g. `kubernetes`): Airflow's
+   human-in-the-loop approval: the run waits until a person approves in the UI (Required Actions), seeing
+   what serves now → what would serve (commit, model version and accuracy, image digest). Rejected or
+   unanswered (MODELSHIP_APPROVAL_TIMEOUT): skipped, naming who and why; nothing is deployed. A target
+   without the gate passes at once.
+3. **deploy**: on the target (`docker` on one host, the embedded default; `kubernetes` for AKS or any
    cluster): apply, wait for the rollout, verify `/version` names the expected commit and model; on any
    failure roll back to what served before and fail. Emits the `deployment` event when it serves.
-3. **record** (always, after deploy): the attempt, whatever its outcome, as a `deployments` event: target,
-   image, commit, model, outcome, start and end, this run. `modelship history` reads them.
-4. **quarantine** (after a failed deploy): a `quarantine` event for the image, with the reason, so no
+4. **record** (always, after deploy): the attempt, whatever its outcome, as a `deployments` event: target,
+   image, commit, model, outcome, start and end, this run, who approved it. `modelship history` reads them.
+5. **quarantine** (after a failed deploy): a `quarantine` event for the image, with the reason, so no
    scheduled release deploys it again (`modelship image release-quarantine DIGEST` lifts it).
 
 Runs nightly (MODELSHIP_RELEASE_SCHEDULE) and on demand from the trigger form.
@@ -22,19 +27,21 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, task
 
+from modelship import approval as gate
 from modelship import release as steps
 from modelship.lineage import (
     DEPLOYMENT,
     DEPLOYMENTS,
     IMAGE,
     QUARANTINE,
+    Approval,
     DeploymentEvent,
     DeploymentRecord,
     Quarantine,
     ReleaseImage,
 )
-from modelship.settings import DEFAULT_ARGS, Settings
-from modelship.tasks import emit, events, step
+from modelship.settings import Settings
+from modelship.tasks import DAG_DEFAULT_ARGS, emit, events, step
 
 _settings = Settings.get()  # environment only: no I/O at parse time
 
@@ -46,7 +53,7 @@ _settings = Settings.get()  # environment only: no I/O at parse time
     catchup=False,
     max_active_runs=1,  # one deployment at a time per target
     tags=["modelship", "release"],
-    default_args=DEFAULT_ARGS,
+    default_args=DAG_DEFAULT_ARGS,
     doc_md=__doc__,
     params={
         "target": Param(
@@ -81,11 +88,13 @@ def release():
 
     @task(outlets=[DEPLOYMENT])
     @step
-    def deploy(image: ReleaseImage, params=None, ti=None, outlet_events=None) -> DeploymentEvent:
+    def deploy(image: ReleaseImage, approval: Approval | None = None, params=None, ti=None,
+               outlet_events=None) -> DeploymentEvent:  # fmt: skip
         def record(attempt: DeploymentRecord) -> None:
             ti.xcom_push(key="record", value=attempt.as_dict())
 
-        deployed = steps.deploy(params["target"], image, record, dag_id=ti.dag_id, run_id=ti.run_id)
+        deployed = steps.deploy(params["target"], image, record, dag_id=ti.dag_id, run_id=ti.run_id,
+                                approved_by=gate.approver(approval))  # fmt: skip
         return emit(outlet_events, DEPLOYMENT, deployed)
 
     @task(outlets=[DEPLOYMENTS])
@@ -99,7 +108,12 @@ def release():
         return emit(outlet_events, QUARANTINE, steps.quarantine_of(ti.xcom_pull(task_ids="deploy", key="record")))
 
     selected = select_image()
-    deployed = deploy(selected)
+    if _settings.approval_targets:  # the gate exists only where it is switched on; without it, no extra task
+        approved = gate.ReleaseApproval(task_id="approve", image_task="select_image")
+        selected >> approved
+        deployed = deploy(selected, approved.output)
+    else:
+        deployed = deploy(selected)
     # Teardowns: they run once deploy is done, whatever its outcome, and do not decide the run's state.
     deployed >> [record().as_teardown(setups=selected), quarantine().as_teardown(setups=selected)]
 

@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         f"demo complete: model {first['model_version']} -> {second['model_version']} -> {first['model_version']}"
         f" (rolled back, same image {first['image_digest'][:19]}, not rebuilt), serving on {target} "
         f"(commit {second['commit'][:12]}); tasks ran on {', '.join(sorted(airflow.hosts))}\n"
-        f"    Airflow UI: {airflow.api.url}"
+        f"    Airflow UI: {airflow.api.url}\n"
+        f"    Deployments page (what serves, the history, roll back): {airflow.api.url}/plugin/deployments"
     )
     return 0
 

@@ -3,6 +3,9 @@
     make up && make demo                        # green runs of all three DAGs to show
     .venv/bin/python -m devstack.screenshots    # writes docs/images/*.png (1400x900)
 
+Besides the DAG views and the trigger form: the Deployments page (modelship.ui) as the UI's navigation shows
+it, once its frame has drawn what serves and the history.
+
 Logs in the way the UI does: a JWT from the simple auth manager (modelship.airflow_api's login with the
 admin password `make up` generated) in the `_token` cookie, which the API server reads on every UI request;
 the runs to show are found through the same client.
@@ -126,7 +129,8 @@ def chromium(binary: str) -> Iterator[Page]:
 def latest_green_run(api: AirflowAPI, dag_id: str) -> DAGRunResponse:
     for run in api.runs(dag_id, limit=50, state="success"):
         states = api.task_states(dag_id, run.dag_run_id)
-        if states and set(states.values()) == {"success"}:  # every task green, none skipped
+        # Every step green (a branch not taken, e.g. ci's `announce` when it builds, shows as skipped).
+        if states and set(states.values()) <= {"success", "skipped"} and "success" in states.values():
             return run
     raise ScreenshotFailed(f"{dag_id} has no run with every task green: run `make demo` first")
 
@@ -148,36 +152,56 @@ CLICK_TRIGGER = """(() => {
 })()"""
 
 
+# The Deployments page, in its frame inside the UI: drawn once a target card and a history row are there.
+DEPLOYMENTS_READY = """(() => {
+  const frame = document.querySelector('iframe[title=Deployments]');
+  const doc = frame && frame.contentDocument;
+  return !!(doc && doc.querySelector('[data-target] .serving') && doc.querySelector('tr.record'));
+})()"""
+
+
+def dag_views(page: Page, base: str, runs: dict[str, DAGRunResponse], out: Path) -> None:
+    """Each DAG's latest green run in its view, then model_refresh's trigger form filled in."""
+    page.open(f"{base}/dags")
+    for dag_id, run in runs.items():
+        view, ready = VIEWS[dag_id]
+        page.js(SET_VIEW.format(view=view))
+        page.open(f"{base}/dags/{dag_id}/runs/{urllib.parse.quote(run.dag_run_id, safe='')}")
+        page.wait_for(ready, f"the {dag_id} run in the {view} view")
+        page.capture(out / f"dag-{dag_id}.png")
+    page.open(f"{base}/dags/model_refresh")
+    page.wait_for(CLICK_TRIGGER, "the Trigger button")
+    page.wait_for(FORM_READY, "the trigger form")
+    # Fill in the one required field the way a data scientist would, with the version last promoted.
+    page.js("document.getElementById('element_version').focus()")
+    page.send("Input.insertText", text=str((runs["model_refresh"].conf or {}).get("version", "v1")))
+    page.capture(out / "trigger-model_refresh.png")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--airflow", default=os.environ.get("MODELSHIP_AIRFLOW_URL", DEFAULT_URL))
     parser.add_argument("--user", default="admin")
     parser.add_argument("--password-file", type=Path, default=REPO / ".state" / "airflow" / PASSWORDS_FILE)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
+    parser.add_argument("--only", nargs="+", choices=("dags", "deployments"), default=["dags", "deployments"],
+                        help="the DAG views and trigger form (dags), the Deployments page (deployments)")  # fmt: skip
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = parser.parse_args(argv)
     base = args.airflow.rstrip("/")
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         api = AirflowAPI.login(base, args.user, password_from_file(args.password_file, args.user))
-        runs = {dag_id: latest_green_run(api, dag_id) for dag_id in VIEWS}
+        runs = {dag_id: latest_green_run(api, dag_id) for dag_id in VIEWS} if "dags" in args.only else {}
         host = urllib.parse.urlsplit(base).hostname
         with chromium(args.chromium) as page:
             page.send("Network.setCookie", name="_token", value=api.token, domain=host, path="/", httpOnly=True)
-            page.open(f"{base}/dags")
-            for dag_id, run in runs.items():
-                view, ready = VIEWS[dag_id]
-                page.js(SET_VIEW.format(view=view))
-                page.open(f"{base}/dags/{dag_id}/runs/{urllib.parse.quote(run.dag_run_id, safe='')}")
-                page.wait_for(ready, f"the {dag_id} run in the {view} view")
-                page.capture(args.out / f"dag-{dag_id}.png")
-            page.open(f"{base}/dags/model_refresh")
-            page.wait_for(CLICK_TRIGGER, "the Trigger button")
-            page.wait_for(FORM_READY, "the trigger form")
-            # Fill in the one required field the way a data scientist would, with the version last promoted.
-            page.js("document.getElementById('element_version').focus()")
-            page.send("Input.insertText", text=str((runs["model_refresh"].conf or {}).get("version", "v1")))
-            page.capture(args.out / "trigger-model_refresh.png")
+            if "dags" in args.only:
+                dag_views(page, base, runs, args.out)
+            if "deployments" in args.only:
+                page.open(f"{base}/plugin/deployments")
+                page.wait_for(DEPLOYMENTS_READY, "the Deployments page with what serves and the history", timeout=60)
+                page.capture(args.out / "deployments-page.png")
     except (ScreenshotFailed, AirflowAPIError, OSError, KeyError) as exc:
         print(f"screenshots FAILED: {exc}", file=sys.stderr)
         return 1

@@ -7,10 +7,13 @@ makes its tests fail loudly rather than skip quietly: in CI everything the suite
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,17 +86,18 @@ def airflow_db() -> Path:
     return home
 
 
-@pytest.fixture(scope="session")
-def airflow_rest(airflow_db: Path, stack_dir: Path) -> Iterator[dict[str, str]]:
-    """Airflow's api-server on the session's DB (127.0.0.1, a free port), for what reads Airflow's metadata
-    through its REST API (modelship history, status, image …). Yields the MODELSHIP_AIRFLOW_* variables."""
+@contextlib.contextmanager
+def api_server(state_dir: Path, name: str = "api-server") -> Iterator[dict[str, str]]:
+    """Airflow's api-server on the session's DB (127.0.0.1, a free port), with the test process's environment
+    as it is now (its settings and connections, and this repository's plugins: the Deployments page). Yields
+    the MODELSHIP_AIRFLOW_* variables that reach it as admin."""
     import sys
 
     from devstack.process import Process
 
     port = net.free_port()
     home = Path(os.environ["AIRFLOW_HOME"])
-    proc = Process("api-server", stack_dir / "api-server")
+    proc = Process(name, state_dir / name)
     venv_bin = Path(sys.executable).parent
     proc.spawn(
         [str(venv_bin / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
@@ -110,6 +114,98 @@ def airflow_rest(airflow_db: Path, stack_dir: Path) -> Iterator[dict[str, str]]:
         }
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def start_api_server(airflow_db: Path, stack_dir: Path):
+    """`with start_api_server("name") as rest:` another api-server on the session's DB, started with the
+    environment the test has set by then (its own settings: a target port, a model store, a source)."""
+    return lambda name: api_server(stack_dir, name)
+
+
+@pytest.fixture(scope="session")
+def airflow_rest(airflow_db: Path, stack_dir: Path) -> Iterator[dict[str, str]]:
+    """Airflow's api-server on the session's DB, for what reads Airflow's metadata through its REST API
+    (modelship history, status, image …). Yields the MODELSHIP_AIRFLOW_* variables."""
+    with api_server(stack_dir) as env:
+        yield env
+
+
+class Inbox:
+    """What a real SMTP server (aiosmtpd) on 127.0.0.1 received: one email.message.Message per mail."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.messages: list[Any] = []
+        self.recipients: list[list[str]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # aiosmtpd's handler hook
+        import email
+
+        self.messages.append(email.message_from_bytes(envelope.original_content or envelope.content))
+        self.recipients.append(list(envelope.rcpt_tos))
+        return "250 OK"
+
+    def connection(self) -> str:
+        """AIRFLOW_CONN_<ID> for it: plain SMTP (no TLS, no login) on loopback, the sender in the extra."""
+        extra = {"from_email": "modelship@localhost", "disable_ssl": True, "disable_tls": True, "retry_limit": 1,
+                 "timeout": 10}  # fmt: skip
+        return json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": self.port, "extra": extra})
+
+
+@pytest.fixture
+def smtp_inbox() -> Iterator[Inbox]:
+    from aiosmtpd.controller import Controller
+
+    inbox = Inbox(net.free_port())
+    controller = Controller(inbox, hostname="127.0.0.1", port=inbox.port)
+    controller.start()
+    try:
+        yield inbox
+    finally:
+        controller.stop()
+
+
+class Webhook:
+    """A chat's incoming webhook on 127.0.0.1: the JSON bodies POSTed to it, with their paths."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, Any]] = []
+        self.port = net.free_port()
+
+    def connection(self, path: str = "services/T000/B000/secret", fmt: str | None = None) -> str:
+        """An http connection to it, the webhook's secret path in the password (as for Slack)."""
+        extra = {"format": fmt} if fmt else {}
+        return json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": self.port, "schema": "http",
+                           "password": path, "extra": extra})  # fmt: skip
+
+
+@pytest.fixture
+def chat_webhook() -> Iterator[Webhook]:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hook = Webhook()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            hook.received.append((self.path, json.loads(body)))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", hook.port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield hook
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -51,7 +51,7 @@ def format_timeline(records: Sequence[DeploymentRecord]) -> str:
     for r in records:
         lines.append(
             f"{r.ended_at:<26} {r.target:<11} {r.outcome:<12} {r.image_digest[:19]:<20} {r.commit[:12]:<13} "
-            f"{r.model_version:<10} {r.run_id}"
+            f"{r.model_version:<10} {r.run_id}" + (f" (approved by {r.approved_by})" if r.approved_by else "")
         )
         if r.outcome != "deployed" and r.reason:
             lines.append(f"{'':<26} {'':<11} └ {r.reason.splitlines()[0][:150]}")

@@ -184,6 +184,20 @@ class DeploymentRecord(Artifact):
 
 
 @dataclass(frozen=True)
+class Approval(Artifact):
+    """A person's answer to a release's approval gate, or that the target has no gate (`required` False)."""
+
+    KIND: ClassVar[str] = "approval"
+    target: str
+    image: str  # registry/repository@sha256:… the release would deploy
+    required: bool
+    approved: bool
+    by: str = ""  # who answered ("" when nobody did)
+    at: str = ""  # ISO 8601, UTC
+    reason: str = ""  # what they wrote, or why nobody's answer counts (timed out)
+
+
+@dataclass(frozen=True)
 class Quarantine(Artifact):
     """An image set aside by a failed release (action "quarantined"), or its lift ("released")."""
 
@@ -203,7 +217,7 @@ class Quarantine(Artifact):
 KINDS: dict[str, type[Artifact]] = {
     cls.KIND: cls
     for cls in (ModelEvent, ValidatedModel, Build, ImageEvent, ReleaseImage, DeploymentEvent, DeploymentRecord,
-                Quarantine)  # fmt: skip
+                Approval, Quarantine)  # fmt: skip
 }
 
 

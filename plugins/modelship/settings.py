@@ -31,12 +31,19 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
+def _names(value: str) -> tuple[str, ...]:
+    """A comma- (or space-) separated list: "kubernetes, docker" → ("kubernetes", "docker")."""
+    return tuple(item for item in value.replace(",", " ").split() if item)
+
+
 @dataclass(frozen=True)
 class Settings:
     # Connection ids (documented in README "Connections").
     wasb_conn_id: str  # MODELSHIP_WASB_CONN_ID: Azure Blob Storage (conn type wasb)
     registry_conn_id: str  # MODELSHIP_REGISTRY_CONN_ID: container registry (conn type docker)
     kube_conn_id: str  # MODELSHIP_KUBE_CONN_ID: Kubernetes cluster (conn type kubernetes)
+    smtp_conn_id: str  # MODELSHIP_SMTP_CONN_ID: where failure notices are mailed from (conn type smtp)
+    chat_conn_id: str  # MODELSHIP_CHAT_CONN_ID: a Slack or Teams incoming webhook for failure notices (http)
 
     # Model store: "local:/abs/path" or "wasb:<container>" (through wasb_conn_id).
     model_store: str  # MODELSHIP_MODEL_STORE
@@ -57,6 +64,13 @@ class Settings:
     kube_namespace: str  # MODELSHIP_KUBE_NAMESPACE
     kube_overlay: str  # MODELSHIP_KUBE_OVERLAY: k8s/overlays/<name>, or a path to an overlay folder
     rollout_timeout: float  # MODELSHIP_ROLLOUT_TIMEOUT: seconds a kubernetes rollout may take before it is rolled back
+    # MODELSHIP_APPROVAL_TARGETS: targets whose releases wait for a person to approve them in the Airflow UI,
+    # comma-separated (e.g. "kubernetes"); none by default. Read when the release DAG is parsed.
+    approval_targets: tuple[str, ...]
+    approval_timeout: float  # MODELSHIP_APPROVAL_TIMEOUT: seconds an approval may wait; then it is a rejection
+
+    # Failure notices: to whom (MODELSHIP_NOTIFY_EMAIL, comma-separated; none: no e-mail), through smtp_conn_id.
+    notify_email: tuple[str, ...]
 
     # Local state: per-run workspaces, caches (model cache, wheelhouse, test environments).
     state_dir: Path  # MODELSHIP_STATE
@@ -93,6 +107,8 @@ class Settings:
             wasb_conn_id=_env("MODELSHIP_WASB_CONN_ID", "modelship_blob"),
             registry_conn_id=_env("MODELSHIP_REGISTRY_CONN_ID", "modelship_registry"),
             kube_conn_id=_env("MODELSHIP_KUBE_CONN_ID", "modelship_kubernetes"),
+            smtp_conn_id=_env("MODELSHIP_SMTP_CONN_ID", "modelship_smtp"),
+            chat_conn_id=_env("MODELSHIP_CHAT_CONN_ID", "modelship_chat"),
             model_store=_env("MODELSHIP_MODEL_STORE", f"local:{state / 'models'}"),
             model_name=_env("MODELSHIP_MODEL_NAME", "digits"),
             model_alias=_env("MODELSHIP_MODEL_ALIAS", "production"),
@@ -107,6 +123,9 @@ class Settings:
             kube_namespace=_env("MODELSHIP_KUBE_NAMESPACE", "modelship"),
             kube_overlay=_env("MODELSHIP_KUBE_OVERLAY", "aks"),
             rollout_timeout=float(_env("MODELSHIP_ROLLOUT_TIMEOUT", "600")),
+            approval_targets=_names(_env("MODELSHIP_APPROVAL_TARGETS", "")),
+            approval_timeout=float(_env("MODELSHIP_APPROVAL_TIMEOUT", str(24 * 3600))),
+            notify_email=_names(_env("MODELSHIP_NOTIFY_EMAIL", "")),
             state_dir=state,
             keep_images=int(_env("MODELSHIP_KEEP_IMAGES", "10")),
             keep_model_versions=int(_env("MODELSHIP_KEEP_MODEL_VERSIONS", "5")),

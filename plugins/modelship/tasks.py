@@ -9,6 +9,7 @@
 NothingToDo skips it, anything else is left to the task's retries. It also gives the task its artifacts
 (modelship.lineage) typed, though they travel between tasks as JSON in XCom, and turns the artifact it returns
 back into JSON. `emit` sets an artifact as the extra of the task's Asset event and returns it.
+`DAG_DEFAULT_ARGS` is every DAG's default_args: the retries, and the failure notice (modelship.notify).
 """
 
 from __future__ import annotations
@@ -18,10 +19,16 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from modelship.lineage import Artifact, from_xcom, to_xcom
+from modelship.notify import FailureNotice
+from modelship.settings import DEFAULT_ARGS
 from modelship.verdicts import NothingToDo, Verdict
 
 F = TypeVar("F", bound=Callable[..., Any])
 A = TypeVar("A", bound=Artifact)
+
+# Every DAG's default_args: the retry policy (modelship.settings) and a failure notice by e-mail and chat for
+# a task that fails for good (modelship.notify; nothing is sent where no channel is configured).
+DAG_DEFAULT_ARGS = {**DEFAULT_ARGS, "on_failure_callback": [FailureNotice()]}
 
 
 def step(fn: F) -> F:

@@ -73,3 +73,44 @@ def test_the_checks_fail_for_a_broken_dag_file(tmp_path: Path) -> None:
     assert any("nosy.py does not import" in p and "Variable lookup" in p for p in found), found
     assert "careless has no tags" in found
     assert "careless.step has no retries" in found
+
+
+def _release(monkeypatch, approval_targets: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("MODELSHIP_APPROVAL_TARGETS", approval_targets)
+    bag = DagBag(dag_folder=str(DAGS / "release.py"), safe_mode=False)
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags["release"]
+
+
+def test_every_task_sends_a_failure_notice_when_it_fails_for_good() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from modelship.notify import FailureNotice
+
+    for dag in DagBag(dag_folder=str(DAGS), safe_mode=False).dags.values():
+        for task in dag.tasks:
+            callbacks = task.on_failure_callback or []
+            assert any(isinstance(c, FailureNotice) for c in callbacks), f"{dag.dag_id}.{task.task_id}"
+
+
+def test_without_an_approval_target_the_release_has_no_gate(monkeypatch) -> None:
+    dag = _release(monkeypatch, "")
+    assert sorted(dag.task_ids) == ["deploy", "quarantine", "record", "select_image"]
+    assert dag.get_task("deploy").upstream_task_ids == {"select_image"}
+
+
+def test_with_an_approval_target_deploy_waits_for_airflows_approval_operator(monkeypatch, tmp_path: Path) -> None:
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    dag = _release(monkeypatch, "kubernetes")
+    gate = dag.get_task("approve")
+    assert isinstance(gate, ApprovalOperator)
+    assert gate.upstream_task_ids == {"select_image"} and dag.get_task("deploy").upstream_task_ids == {
+        "select_image", "approve"}  # fmt: skip
+    assert gate.defaults == ["Reject"] and gate.response_timeout == timedelta(hours=24)
+    assert list(gate.params) == ["reason"]  # the form's one field; the DAG's own params are not asked again
+    # The gated DAG meets the same rules as every other (owner, retries with backoff, timeouts).
+    (tmp_path / "release.py").symlink_to(DAGS / "release.py")
+    assert problems(tmp_path) == []

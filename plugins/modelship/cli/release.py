@@ -7,7 +7,8 @@
     modelship image release-quarantine DIGEST lift one: the next release may deploy it again
 
 The target answers `status` from its own state (container labels, Deployment annotations), so it works with
-Airflow down; the rest reads the Asset events in Airflow's metadata through its REST API (modelship.airflow_api).
+Airflow down; the rest reads the Asset events in Airflow's metadata through its REST API (modelship.overview,
+the same reads as the Airflow UI's Deployments page).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ FIELDS = (
     ("since", "since"),
     ("revision", "revision"),
     ("replicas", "ready"),
+    ("health", "health"),
     ("desired", "desired state"),
 )
 
@@ -39,70 +41,22 @@ def _api() -> Any:
     return AirflowAPI.from_environment()
 
 
-def _artifacts(api: Any, asset: str, kind: type) -> list[Any]:
-    from modelship.lineage import from_xcom
-
-    found = [from_xcom(dict(event.extra or {})) for event in api.asset_events(asset)]
-    return [item for item in found if isinstance(item, kind)]
-
-
-def image_events(api: Any) -> list[Any]:
-    from modelship.lineage import ImageEvent
-
-    return _artifacts(api, "image", ImageEvent)
-
-
-def quarantine_events(api: Any) -> list[Any]:
-    from modelship.lineage import Quarantine
-
-    return _artifacts(api, "quarantine", Quarantine)
-
-
-def deployment_records(api: Any) -> list[Any]:
-    from modelship.lineage import DeploymentRecord
-
-    return _artifacts(api, "deployments", DeploymentRecord)
-
-
 # --- status ---------------------------------------------------------------------------------------------
 
 
-def desired_state(serving_digest: str | None, api: Any = None) -> dict[str, Any]:
-    """Whether `serving_digest` is the desired state, and if not why: {in_desired_state, why, image…}."""
-    from modelship import desired
-
-    try:
-        api = api or _api()
-        want = desired.current(image_events(api), quarantine_events(api))
-    except Exception as exc:  # status must still say what serves when Airflow or git cannot be asked
-        return {"in_desired_state": None, "why": f"desired state unknown: {exc}"}
-    out: dict[str, Any] = {
-        "model_version": want.model_version,
-        "commit": want.commit,
-        "image": want.image.ref if want.image else None,
-        "image_digest": want.image.digest if want.image else None,
-        "quarantined": want.quarantine is not None,
-    }
-    if want.image is None:
-        return {**out, "in_desired_state": False, "why": f"not built yet: {want.reason}"}
-    if want.quarantine is not None:
-        serves = "what serves is the last good build" if serving_digest else "nothing serves"
-        return {**out, "in_desired_state": False,
-                "why": f"quarantined: {desired.quarantine_notice(want.quarantine)}; {serves}"}  # fmt: skip
-    if want.image.digest == serving_digest:
-        return {**out, "in_desired_state": True, "why": want.reason}
-    return {**out, "in_desired_state": False,
-            "why": f"release pending: {want.describe()} is not deployed yet (the nightly release, or trigger release)"}
-
-
 def status_command(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from modelship import overview
     from modelship.deploy import get_target
     from modelship.settings import Settings
 
     settings = Settings.get()
     info = get_target(args.target or settings.deploy_target, settings).status()
+    info.setdefault("health", overview.health(info)[1])
     if not args.no_desired:
-        info["desired"] = desired_state(info.get("image_digest") if info.get("serving") else None)
+        try:
+            info["desired"] = overview.desired_state(overview.serving_digest(info), _api())
+        except Exception as exc:  # status must still say what serves when Airflow cannot be asked
+            info["desired"] = overview.unknown(exc)
     return info, format_status(info)
 
 
@@ -125,9 +79,9 @@ def format_status(info: dict[str, Any]) -> str:
 
 
 def history_command(args: argparse.Namespace) -> tuple[Any, str]:
-    from modelship import history
+    from modelship import history, overview
 
-    records = history.ordered(deployment_records(_api()), args.target)
+    records = history.ordered(overview.deployment_records(_api()), args.target)
     if args.at:
         at = history.parse_time(args.at)
         targets = [args.target] if args.target else sorted({r.target for r in records}) or ["docker"]
@@ -143,21 +97,21 @@ def history_command(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def quarantined_command(args: argparse.Namespace) -> tuple[Any, str]:
-    from modelship import desired
+    from modelship import desired, overview
 
-    held = desired.in_quarantine(quarantine_events(_api()))
+    held = desired.in_quarantine(overview.quarantine_events(_api()))
     if not held:
         return [], "no image is quarantined"
     return [q.as_dict() for q in held.values()], "\n".join(desired.quarantine_notice(q) for q in held.values())
 
 
 def release_quarantine_command(args: argparse.Namespace) -> tuple[Any, str]:
-    from modelship import desired
+    from modelship import desired, overview
     from modelship.lineage import Quarantine
     from modelship.release import now
 
     api = _api()
-    held = desired.in_quarantine(quarantine_events(api))
+    held = desired.in_quarantine(overview.quarantine_events(api))
     digest = args.digest if args.digest.startswith("sha256:") else f"sha256:{args.digest}"
     matches = [d for d in held if d.startswith(digest)]
     if len(matches) != 1:

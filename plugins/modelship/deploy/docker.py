@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -129,6 +130,7 @@ class DockerTarget:
             "model_version": labels.get(keys.LABEL_MODEL_VERSION),
             "model_sha256": labels.get(keys.LABEL_MODEL_SHA256),
             "since": labels.get(keys.CONTAINER_DEPLOYED_AT),
+            "health": container_health(current.get("Status", "")),
         }
 
     def revisions(self) -> list[dict[str, Any]]:
@@ -439,3 +441,10 @@ def _digest(image: str, lineage: Mapping[str, Any], info: Mapping[str, Any]) -> 
     for repo_digest in info.get("RepoDigests") or []:
         return repo_digest.split("@", 1)[1]
     return info["Id"]
+
+
+def container_health(status: str) -> str | None:
+    """The health check's verdict in a container's status ("Up 3 minutes (healthy)" → "healthy"; "starting"
+    while it has not answered yet), or None for an image without a health check."""
+    found = re.search(r"\((?:health: )?(healthy|unhealthy|starting)\)", status)
+    return found.group(1) if found else None
