@@ -66,8 +66,21 @@ def test_dockerfile_declares_build_metadata_only_after_every_copy():
     assert "USER 10001:10001" in lines
     assert any("classifier.healthcheck" in line for line in lines)
     # Dependencies, then the model, then the code: a code-only change keeps the first two cached.
-    order = [i for i, line in enumerate(lines) if line.startswith("COPY --from=") or line.startswith("COPY classifier")]
-    assert [lines[i].split()[1] for i in order] == ["--from=deps", "--from=model", "classifier/"]
+    order = [i for i, line in enumerate(lines) if line.startswith("COPY --from=")]
+    assert [lines[i].split()[1] for i in order] == ["--from=deps", "--from=model", "--from=code"]
+
+
+def test_the_code_layer_is_reproducible():
+    """A model-only change rebuilds the code layer after the model: it must come out as the same bytes, so the
+    registry already has it. The code stage fixes every file's and folder's time and mode, and the runtime
+    stage copies the whole tree into / (a folder the copy itself created would carry the build's time)."""
+    text = (APP / "Dockerfile").read_text()
+    stage = text.split("AS code", 1)[1].split("\nFROM ", 1)[0]
+    assert {"classifier/", "gunicorn.conf.py", "modelpkg/"} <= {line.split()[1] for line in stage.splitlines()
+                                                             if line.startswith("COPY ")}  # fmt: skip
+    normalise = 'RUN chmod -R u=rwX,go=rX /srv/app && find /srv/app -exec touch -h -d "@${SOURCE_DATE_EPOCH}" {} +'
+    assert normalise in stage.splitlines()
+    assert "COPY --from=code /srv/ /" in text.splitlines()
 
 
 def test_build_context_folders_are_git_ignored_but_not_docker_ignored():

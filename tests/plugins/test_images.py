@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import re
 import shutil
 import time
@@ -350,3 +351,67 @@ def test_code_only_rebuild_reuses_the_wheel_and_model_layers(app_build, model_pa
     model_step = _layers_up_to(docker_client, app_build["image"].id, MODEL_COPY)
     assert second[: len(model_step)] == model_step  # everything up to the model COPY came from the cache
     assert rebuilt.labels[LABEL_REVISION] == "3" * 40
+
+
+def _checkout(tmp_path: Path, name: str, *, mtime: float, mode: int, change: str = "") -> Path:
+    """app/ and modelpkg/ as another checkout of the same commit leaves them: every file and folder with its own
+    time (a fresh clone, a later run), the code's files with their own mode (another umask); `change` edits the
+    code. (The dependency stage's cache key includes requirements.txt's mode: that stays as in the repository.)"""
+    root = tmp_path / name
+    for folder in ("app", "modelpkg"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if change:
+        routes = root / "app" / "classifier" / "routes.py"
+        routes.write_text(routes.read_text() + change)
+    code = [root / "app" / "classifier", root / "app" / "gunicorn.conf.py", root / "modelpkg"]
+    for path in root.rglob("*"):
+        if path.is_file() and any(path == c or c in path.parents for c in code):
+            path.chmod(mode)
+        os.utime(path, (mtime, mtime))
+    return root
+
+
+def _build_and_push(docker_client, hook, reg_conn, checkout: Path, model: dict, wheels: Path, commit: str, tag: str):
+    context = images.build_context(checkout / "app", model["path"], wheels, checkout / "context")
+    lineage = images.Lineage(commit=commit, model_name=model["name"], model_version=model["version"],
+                             model_sha256=model["sha256"], source=str(REPO))  # fmt: skip
+    built = images.build_image(docker_client, context, f"modelship-test/layers:{tag}", lineage.build_args(BASE_IMAGE))
+    pushed = images.push_image(hook, built.id, "modelship-test/layers", tag, registry_conn=reg_conn)
+    return built.id, docker_client.api.inspect_image(built.id)["RootFS"]["Layers"], pushed
+
+
+@pytest.mark.registry
+def test_a_model_only_change_pushes_only_the_model_layer_and_a_code_only_change_no_model_bytes(
+    app_build, model_package, docker_client, docker_engine, reg_conn, tmp_path
+):
+    from training.train import train_package
+
+    hook = images.docker_hook(reg_conn, docker_engine.url)
+    wheels = app_build["wheels"]
+    v2_path = tmp_path / "digits-2"
+    v2 = train_package(v2_path, version="2")
+    model_v2 = {"path": v2_path, "name": v2["name"], "version": v2["version"], "sha256": manifest_sha256(v2_path)}
+
+    # Commit C with model 1, from one checkout …
+    first = _checkout(tmp_path, "checkout-1", mtime=1_000_000_000, mode=0o664)
+    _, layers_1, _ = _build_and_push(docker_client, hook, reg_conn, first, model_package, wheels, COMMIT, "c-1")
+    # … then the same commit with model 2, from another checkout (other file times and modes): only the model
+    # layer is new, the code layer after it is rebuilt into the very same bytes, and the push sends one layer.
+    second = _checkout(tmp_path, "checkout-2", mtime=1_500_000_000, mode=0o600)
+    image_2, layers_2, pushed_2 = _build_and_push(docker_client, hook, reg_conn, second, model_v2, wheels, COMMIT,
+                                                  "c-2")  # fmt: skip
+    changed = [i for i, (a, b) in enumerate(zip(layers_1, layers_2, strict=True)) if a != b]
+    model_index = len(_layers_up_to(docker_client, image_2, MODEL_COPY)) - 1
+    assert changed == [model_index], f"layers that differ: {changed}, the model layer is {model_index}"
+    assert layers_2[model_index + 1 :] == layers_1[model_index + 1 :]  # the code, byte for byte
+    assert pushed_2.layers_pushed == 1
+    assert pushed_2.layers_existing == len(layers_2) - 1
+
+    # A code-only change on top (model 2 still): one new layer, the code's; the model layer is not sent again.
+    third = _checkout(tmp_path, "checkout-3", mtime=1_500_000_000, mode=0o644, change="# a code-only change\n")
+    _, layers_3, pushed_3 = _build_and_push(docker_client, hook, reg_conn, third, model_v2, wheels, "4" * 40, "d-2")
+    assert layers_3[: model_index + 1] == layers_2[: model_index + 1]  # base, dependencies, model: as pushed
+    assert layers_3[model_index + 1 :] != layers_2[model_index + 1 :]
+    assert pushed_3.layers_pushed == 1
+    assert pushed_3.layers_existing == len(layers_3) - 1
+    assert 0 < pushed_3.bytes_pushed < 1_000_000  # the code layer's bytes only

@@ -98,6 +98,10 @@ def build_context(
     wheels are hundreds of MB), else copied. Consequence: never write into a context file in place, that
     would change the cached original too; replace files instead. `dest` is emptied first. The model package
     is verified against its manifest here, before a build is spent on it.
+
+    The files keep whatever times and modes the checkout gave them (hard links share those with the originals):
+    the app's Dockerfile fixes them for the code layer in its `code` stage, so a model-only change rebuilds that
+    layer into the same bytes, whichever checkout or worker it came from, and the push does not send it again.
     """
     app_dir, model_dir, wheels_dir, dest = (Path(p) for p in (app_dir, model_dir, wheels_dir, dest))
     if not (app_dir / "Dockerfile").is_file():
