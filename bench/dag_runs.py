@@ -93,7 +93,12 @@ class AirflowServer(Running):
     COMPONENTS = tuple((name, args) for name, args in stack.AIRFLOW_COMPONENTS if name != "triggerer")
     PATIENCE = 60  # seconds: a busy api-server (SQLite, a loaded machine) may miss a poll; ask again
 
-    def __init__(self, home: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, home: Path, env: dict[str, str], settings: dict[str, str] | None = None, *, triggerer: bool = False
+    ) -> None:
+        """`settings`: Airflow settings over stack.airflow_settings (a variant under test, another dags folder);
+        `triggerer`: start it too (its commits watcher then starts ci runs by itself)."""
+        self.components = stack.AIRFLOW_COMPONENTS if triggerer else self.COMPONENTS
         self.home = home
         self.port = net.free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -105,15 +110,16 @@ class AirflowServer(Running):
             **airflow_env(home),
             "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",
             **stack.airflow_settings(home, self.port),
+            **(settings or {}),
         }
-        self.procs = [process.Process(f"airflow-{name}", home) for name, _ in self.COMPONENTS]
+        self.procs = [process.Process(f"airflow-{name}", home) for name, _ in self.components]
         self._api: AirflowAPI | None = None
 
     def start(self) -> None:
         shutil.rmtree(self.home, ignore_errors=True)
         self.home.mkdir(parents=True)
         migrate(self.env)
-        for proc, (_, args) in zip(self.procs, self.COMPONENTS, strict=True):
+        for proc, (_, args) in zip(self.procs, self.components, strict=True):
             proc.spawn([self.airflow, *args], env=self.env, cwd=REPO)
         net.wait_for(lambda: airflow_api.healthy(self.base), "Airflow API server", timeout=240,
                      log=self.procs[-1].log_file)  # fmt: skip
