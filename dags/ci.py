@@ -33,7 +33,12 @@ _settings = Settings.get()  # environment only: no I/O at parse time
 
 @dag(
     dag_id="ci",
-    schedule=(MODEL | commits_asset(_settings.source_repo, _settings.source_branch)),
+    schedule=(
+        MODEL
+        | commits_asset(
+            _settings.source_repo, _settings.source_branch, _settings.source_poll, _settings.source_local_check
+        )
+    ),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=4,

@@ -232,13 +232,14 @@ def to_xcom(value: Any) -> Any:
     return value.as_dict() if isinstance(value, Artifact) else value
 
 
-def commits_asset(repo: str, branch: str, poll_interval: float = 30.0) -> Asset:
-    """New commits on the source branch, announced by a watcher in the triggerer (starts CI once each)."""
+def commits_asset(repo: str, branch: str, poll_interval: float | None = None, local_check: float = 1.0) -> Asset:
+    """New commits on the source branch, announced by a watcher in the triggerer (starts CI once each; how often it
+    looks: modelship.source.NewCommitTrigger)."""
     from airflow.sdk import AssetWatcher
 
     from modelship.source import NewCommitTrigger
 
-    trigger = NewCommitTrigger(repo=repo, branch=branch, poll_interval=poll_interval)
+    trigger = NewCommitTrigger(repo=repo, branch=branch, poll_interval=poll_interval, local_check=local_check)
     return Asset(
         name="commits",
         uri="modelship://commits",

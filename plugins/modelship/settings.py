@@ -53,6 +53,9 @@ class Settings:
     # Source and build.
     source_repo: str  # MODELSHIP_SOURCE_REPO: a git URL or path; default this project's own repository
     source_branch: str  # MODELSHIP_SOURCE_BRANCH
+    # How the commit watcher looks for new commits (modelship.source.NewCommitTrigger; read when dags/ci.py is parsed):
+    source_poll: float | None  # MODELSHIP_SOURCE_POLL: seconds between asks; empty: 5 for http(s), else 30
+    source_local_check: float  # MODELSHIP_SOURCE_LOCAL_CHECK: a local repository's ref stat()ed this often; 0: off
     image_repository: str  # MODELSHIP_IMAGE_REPOSITORY: repository path inside the registry
     base_image: str  # MODELSHIP_BASE_IMAGE: python:3.11-slim where it can be pulled
     docker_host: str  # MODELSHIP_DOCKER_HOST (else DOCKER_HOST): the engine that builds and runs
@@ -114,6 +117,8 @@ class Settings:
             model_alias=_env("MODELSHIP_MODEL_ALIAS", "production"),
             source_repo=_env("MODELSHIP_SOURCE_REPO", str(REPO_ROOT)),
             source_branch=_env("MODELSHIP_SOURCE_BRANCH", "main"),
+            source_poll=float(_env("MODELSHIP_SOURCE_POLL", "0")) or None,
+            source_local_check=float(_env("MODELSHIP_SOURCE_LOCAL_CHECK", "1")),
             image_repository=_env("MODELSHIP_IMAGE_REPOSITORY", "modelship/digits-app"),
             base_image=_env("MODELSHIP_BASE_IMAGE", "python:3.11-slim"),
             docker_host=_env("MODELSHIP_DOCKER_HOST", _env("DOCKER_HOST", "unix:///var/run/docker.sock")),

@@ -16,12 +16,14 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import os
 import re
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
@@ -150,24 +152,92 @@ def commit_subject(workdir: Path) -> str:
     return _git("log", "-1", "--format=%s", cwd=workdir).strip()
 
 
+# How often the watcher asks the repository for the branch head (git ls-remote), by where it is. A repository
+# on this machine is also watched by stat() every LOCAL_CHECK seconds, and asked at once when its ref moves.
+POLL_HTTP = 5.0  # one protocol-v2 ls-refs of the branch (two small requests), 12 a minute
+POLL_OTHER = 30.0  # ssh (a new connection each time), git://, and the periodic check of a local repository
+LOCAL_CHECK = 1.0
+MAX_BACKOFF = 300.0  # a remote that keeps failing is asked less and less often, down to every 5 minutes
+
+
+def local_path(repo: str) -> Path | None:
+    """The folder of `repo` when it is a repository on this machine (a path or a file:// URL); else None."""
+    if repo.startswith("file://"):
+        path = Path(unquote(urlsplit(repo).path))
+    elif "://" in repo or re.match(r"^[^/]+:", repo):  # a URL, or scp-like user@host:path
+        return None
+    else:
+        path = Path(repo)
+    return path if path.is_dir() else None
+
+
+def default_poll_interval(repo: str) -> float:
+    return POLL_HTTP if repo.startswith(("http://", "https://")) else POLL_OTHER
+
+
+class RefProbe:
+    """Whether a local repository's branch may have moved, from stat() of the files git keeps that ref in
+    (no git process): its loose ref, packed-refs, and reftable's list where that format is used. A push, a
+    commit, a fetch or `git pack-refs` rewrites one of them (a new file renamed into place)."""
+
+    def __init__(self, git_dir: Path, branch: str) -> None:
+        refs = git_dir / "refs" / "heads" / branch
+        self.paths = (refs, git_dir / "packed-refs", git_dir / "reftable" / "tables.list")
+
+    @classmethod
+    def of(cls, repo: str, branch: str) -> RefProbe | None:
+        path = local_path(repo)
+        if path is None:
+            return None
+        try:
+            common = _git("rev-parse", "--git-common-dir", cwd=path, timeout=30).strip()
+        except SourceError:
+            return None  # not a repository (yet): the periodic ls-remote says so
+        return cls((path / common).resolve(), branch)
+
+    def signature(self) -> tuple[tuple[int, int, int] | None, ...]:
+        def key(p: Path) -> tuple[int, int, int] | None:
+            try:
+                st = os.stat(p)
+            except OSError:
+                return None
+            return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+        return tuple(key(p) for p in self.paths)
+
+
 class NewCommitTrigger(BaseEventTrigger):
     """Fires once for every new head commit of a branch: the `commits` Asset's watcher starts CI.
+
+    It asks the repository (git ls-remote) every `poll_interval` seconds: by default 5 for an http(s) remote, 30
+    otherwise (MODELSHIP_SOURCE_POLL). A repository on this machine is also watched every `local_check` seconds
+    (MODELSHIP_SOURCE_LOCAL_CHECK; 0: off) by stat() of its ref files, so a push is seen within about a second
+    without running git. A remote that fails is asked with exponential backoff (up to 5 minutes) until it answers.
 
     The last commit it fired for is kept in the Asset's state store, so a restarted triggerer does not
     start CI again for a commit it already announced.
     """
 
-    def __init__(self, repo: str, branch: str, poll_interval: float = 30.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        repo: str,
+        branch: str,
+        poll_interval: float | None = None,
+        local_check: float = LOCAL_CHECK,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.repo = repo
         self.branch = branch
-        self.poll_interval = poll_interval
+        self.poll_interval = poll_interval or default_poll_interval(repo)
+        self.local_check = local_check
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             "modelship.source.NewCommitTrigger",
-            {"repo": self.repo, "branch": self.branch, "poll_interval": self.poll_interval},
-        )
+            {"repo": self.repo, "branch": self.branch, "poll_interval": self.poll_interval,
+             "local_check": self.local_check},
+        )  # fmt: skip
 
     async def _last_seen(self) -> str | None:
         if self.asset_state_store is None:
@@ -180,14 +250,29 @@ class NewCommitTrigger(BaseEventTrigger):
             await self.asset_state_store.aset("last_commit", commit)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        probe = await asyncio.to_thread(RefProbe.of, self.repo, self.branch) if self.local_check > 0 else None
+        signature: tuple[Any, ...] | None = None
+        asked_at: float | None = None
+        failures = 0
         while True:
-            try:
-                commit = await asyncio.to_thread(head_commit, self.repo, self.branch)
-            except SourceError as exc:
-                self.log.warning("cannot read %s@%s (will retry): %s", public_url(self.repo), self.branch, exc)
-            else:
-                if commit != await self._last_seen():
-                    self.log.info("new commit on %s: %s", self.branch, commit)
-                    await self._remember(commit)
-                    yield TriggerEvent({"commit": commit, "repo": public_url(self.repo), "branch": self.branch})
-            await asyncio.sleep(self.poll_interval)
+            interval = min(self.poll_interval * 2**failures, max(MAX_BACKOFF, self.poll_interval))
+            due = asked_at is None or time.monotonic() - asked_at >= interval
+            if not due and probe is not None:
+                due = probe.signature() != signature
+            if due:
+                if probe is not None:
+                    signature = probe.signature()  # before asking: a move after this is seen on the next check
+                asked_at = time.monotonic()
+                try:
+                    commit = await asyncio.to_thread(head_commit, self.repo, self.branch)
+                except SourceError as exc:
+                    failures += 1
+                    self.log.warning("cannot read %s@%s (asking again in %.0f s): %s", public_url(self.repo),
+                                     self.branch, min(self.poll_interval * 2**failures, MAX_BACKOFF), exc)  # fmt: skip
+                else:
+                    failures = 0
+                    if commit != await self._last_seen():
+                        self.log.info("new commit on %s: %s", self.branch, commit)
+                        await self._remember(commit)
+                        yield TriggerEvent({"commit": commit, "repo": public_url(self.repo), "branch": self.branch})
+            await asyncio.sleep(self.local_check if probe is not None else interval)
