@@ -17,13 +17,45 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# uv builds the venv: from PyPI through its own cache (~/.cache/uv), so another clone on this machine links
+# its packages from there in seconds instead of pip's minutes. It is installed once per machine into
+# ~/.cache/modelship (a pinned version, from PyPI); a `uv` already on PATH is used as it is. Where it cannot
+# be had, pip builds the venv as before.
+UV_VERSION=0.13.9
+uv_binary() {
+  if command -v uv >/dev/null 2>&1; then command -v uv; return; fi
+  local home="${XDG_CACHE_HOME:-$HOME/.cache}/modelship/uv-$UV_VERSION"
+  if [ ! -x "$home/bin/uv" ]; then
+    rm -rf "$home.tmp"
+    if python3 -m venv "$home.tmp" && "$home.tmp/bin/pip" install -q --disable-pip-version-check "uv==$UV_VERSION" \
+        >/dev/null 2>&1; then
+      rm -rf "$home" && mv "$home.tmp" "$home"  # bin/uv is a native binary: the move does not break it
+    else
+      rm -rf "$home.tmp"
+      return 0
+    fi
+  fi
+  echo "$home/bin/uv"
+}
+
 # The venv is rebuilt only when requirements.txt changes (its sha256 is stamped inside the venv).
 stamp=.venv/.requirements.sha256
 want=$(sha256sum requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "creating .venv from requirements.txt (about a minute)…"
-  python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
-  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+  uv=$(uv_binary)
+  rm -rf .venv
+  if [ -n "$uv" ]; then
+    echo "creating .venv from requirements.txt with uv (seconds once ~/.cache/uv has the packages)…"
+    # --seed: pip in the venv too (the wheelhouse and the app's test environment use it); the system's python3;
+    # --native-tls: this host's CA bundle, as pip uses it.
+    UV_PYTHON_DOWNLOADS=never "$uv" venv -q --seed --python "$(command -v python3)" .venv
+    "$uv" pip install -q --native-tls --python .venv/bin/python -r requirements.txt
+    "$uv" pip install -q --native-tls --python .venv/bin/python --no-deps -e .
+  else
+    echo "creating .venv from requirements.txt with pip (about two minutes)…"
+    python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+    .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+  fi
   echo "$want" > "$stamp"
 fi

@@ -18,9 +18,10 @@ import shlex
 import subprocess
 import sys
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from devstack import REPO_ROOT, StackError
+from devstack import CACHE_DIR, REPO_ROOT, StackError
 from devstack.cluster import LocalCluster
 from devstack.components import Azurite, DockerEngine, Registry
 from devstack.process import Process
@@ -120,6 +121,10 @@ class Stack:
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             **connections(self.registry, self.azurite),
             "MODELSHIP_STATE": str(self.state),
+            # The app's test environments, wheelhouses, model cache and source mirror: keyed by their inputs and
+            # written atomically, so they are shared by every stack and test session on the machine and survive
+            # `make down` and a fresh clone (a second clone's first ci run builds no test environment again).
+            "MODELSHIP_CACHE": str(CACHE_DIR),
             "MODELSHIP_MODEL_STORE": f"wasb:{MODEL_CONTAINER}",
             "MODELSHIP_BASE_IMAGE": BASE_IMAGE,
             "MODELSHIP_DOCKER_HOST": self.docker.url,
@@ -140,6 +145,19 @@ class Stack:
         if kubernetes:
             print("starting the local Kubernetes cluster (built once per machine, ≈ 8 min)…", flush=True)
             LocalCluster().acquire(CLUSTER_LEASE)
+        env = self.environment(kubernetes=kubernetes)
+        self.write_env_file(env)
+        # Airflow needs only its environment to start (≈ 30 s until its API answers), not the stand-ins it
+        # points at: they start meanwhile.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            airflow = pool.submit(self._start_airflow, env)
+            try:
+                self._start_components()
+            finally:
+                airflow.result()
+        self._print_login()
+
+    def _start_components(self) -> None:
         print("starting Docker engine (no bridge, host network)…", flush=True)
         self.docker.start()
         print("importing the local base image (no registry to pull from)…", flush=True)
@@ -148,10 +166,6 @@ class Stack:
         self.registry.start()
         print(f"starting Azurite on 127.0.0.1:{AZURITE_PORT}…", flush=True)
         self.azurite.start()
-        env = self.environment(kubernetes=kubernetes)
-        self.write_env_file(env)
-        self._start_airflow(env)
-        self._print_login()
 
     def _start_airflow(self, env: dict[str, str]) -> None:
         url = f"http://127.0.0.1:{AIRFLOW_PORT}/api/v2/monitor/health"
