@@ -87,10 +87,12 @@ def _ts(value: Any) -> float:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
-def _task_log(home: Path, run_id: str, task_id: str, try_number: int) -> dict[str, float]:
+def _task_log(logs: Path | None, run_id: str, task_id: str, try_number: int) -> dict[str, float]:
     """When the task process began its DAG parse, and how long the parse took (from the task's own log)."""
-    path = home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={task_id}" / f"attempt={try_number}.log"
     out: dict[str, float] = {}
+    if logs is None:
+        return out
+    path = logs / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={task_id}" / f"attempt={try_number}.log"
     if not path.exists():
         return out
     for line in path.read_text().splitlines():
@@ -106,23 +108,24 @@ def _task_log(home: Path, run_id: str, task_id: str, try_number: int) -> dict[st
     return out
 
 
-def _execution_calls(home: Path, since: float) -> list[tuple[float, float]]:
+def _execution_calls(access_log: str, since: float) -> list[tuple[float, float]]:
     """(finish time, server seconds) of every Execution API request the api-server logged after `since`."""
     calls = []
-    for line in (home / "airflow-api-server.log").read_text(errors="replace").splitlines():
+    for line in access_log.splitlines():
         m = _ACCESS.match(line)
         if m and (ts := _ts(m.group(1))) >= since:
             calls.append((ts, int(m.group(2)) / 1e6))
     return calls
 
 
-def profile(server: AirflowServer, run_id: str, wall: float) -> dict[str, Any]:
-    """One run split into PHASES (seconds, summed over its tasks), with its Execution API calls."""
-    run = server.api.run(DAG_ID, run_id)
-    tis = sorted(server.api.tasks(DAG_ID, run_id), key=lambda ti: _ts(ti.start_date))
+def profile(api: Any, run_id: str, wall: float, logs: Path | None, access_log: str) -> dict[str, Any]:
+    """One run split into PHASES (seconds, summed over its tasks), with its Execution API calls. `logs`: the task
+    logs' folder (None: no parse figures); `access_log`: the api-server's log text (its Execution API calls)."""
+    run = api.run(DAG_ID, run_id)
+    tis = sorted(api.tasks(DAG_ID, run_id), key=lambda ti: _ts(ti.start_date))
     phases = dict.fromkeys((k for k, _ in PHASES), 0.0)
     begun = _ts(run.queued_at)
-    calls = _execution_calls(server.home, begun)
+    calls = _execution_calls(access_log, begun)
     upstream_done = None
     api_calls, api_s = 0, 0.0
     for ti in tis:
@@ -134,7 +137,7 @@ def profile(server: AirflowServer, run_id: str, wall: float) -> dict[str, Any]:
             phases["noticed"] += scheduled - upstream_done
         phases["queued"] += queued - scheduled
         phases["handoff"] += started - queued
-        logged = _task_log(server.home, run_id, ti.task_id, ti.try_number or 1)
+        logged = _task_log(logs, run_id, ti.task_id, ti.try_number or 1)
         parse_begin = logged.get("parse_begin", started)
         parse_s = logged.get("parse_s", 0.0)
         phases["startup"] += max(0.0, parse_begin - started)
@@ -213,7 +216,9 @@ def block(root: Path, env: dict[str, str], name: str, runs: int) -> dict[str, An
             started = time.perf_counter()
             run_id = server.api.trigger(DAG_ID, {})
             server.api.wait(DAG_ID, run_id, timeout=600, interval=0.25)
-            p = profile(server, run_id, time.perf_counter() - started)
+            wall = time.perf_counter() - started
+            access_log = (server.home / "airflow-api-server.log").read_text(errors="replace")
+            p = profile(server.api, run_id, wall, server.home / "logs", access_log)
             p["load1"] = loadavg()[0]
             if p["state"] != "success":
                 raise RuntimeError(f"{name}: run {run_id} {p['state']}; see {home}")

@@ -73,6 +73,7 @@ class Distributed:
     ports: Ports = field(default_factory=Ports)
     source_dir: Path = REPO_ROOT  # the git repository the ci DAG builds (mounted read-only)
     project: str = PROJECT
+    overrides: tuple[Path, ...] = ()  # more compose files over docker-compose.airflow.yml (a benchmark's variant)
 
     def __post_init__(self) -> None:
         # The single-host stack's Docker engine and connection settings (registry credentials, Azurite's
@@ -192,8 +193,8 @@ class Distributed:
 
     def compose(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         ensure_compose()
-        argv = ["docker-compose", "-f", str(COMPOSE_FILE), "-p", self.project, "--env-file", str(self.compose_env),
-                *args]  # fmt: skip
+        files = [arg for path in (COMPOSE_FILE, *self.overrides) for arg in ("-f", str(path))]
+        argv = ["docker-compose", *files, "-p", self.project, "--env-file", str(self.compose_env), *args]
         env = {**os.environ, "DOCKER_HOST": self.stack.docker.url}
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
         if check and done.returncode != 0:
