@@ -22,7 +22,7 @@ from pathlib import Path
 
 from devstack import REPO_ROOT, StackError
 from devstack.cluster import LocalCluster
-from devstack.components import Azurite, DockerEngine, Registry
+from devstack.components import Azurite, DockerEngine, Registry, airflow_connections
 from devstack.process import Process
 from devstack.rootfs import BASE_IMAGE
 from modelpkg.atomic import write_atomic
@@ -73,23 +73,14 @@ def airflow_settings(home: Path, port: int) -> dict[str, str]:
 
 def connections(registry: Registry, azurite: Azurite) -> dict[str, str]:
     """The connections the DAGs use (model store, registry), as AIRFLOW_CONN_* for these local stand-ins."""
-    return {
-        "AIRFLOW_CONN_MODELSHIP_BLOB": json.dumps(
-            {"conn_type": "wasb", "extra": {"connection_string": azurite.connection_string}}
-        ),
-        "AIRFLOW_CONN_MODELSHIP_REGISTRY": json.dumps(
-            {"conn_type": "docker", "host": registry.address, "login": registry.username, "password": registry.password}
-        ),
-    }
+    return airflow_connections({"modelship_blob": azurite.connection, "modelship_registry": registry.connection})
 
 
 def kubernetes_environment(cluster: LocalCluster) -> dict[str, str]:
     """The release DAG's kubernetes target on the local cluster: its connection (the kubeconfig's content, as
     on AKS) and the `local` overlay; the nightly release deploys there."""
     return {
-        "AIRFLOW_CONN_MODELSHIP_KUBERNETES": json.dumps(
-            {"conn_type": "kubernetes", "extra": {"kube_config": cluster.kubeconfig.read_text()}}
-        ),
+        **airflow_connections({"modelship_kubernetes": cluster.connection}),
         "MODELSHIP_KUBE_OVERLAY": "local",
         "MODELSHIP_DEPLOY_TARGET": "kubernetes",
     }
@@ -173,9 +164,7 @@ class Stack:
         migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True)
         if migrate.returncode != 0:
             raise StackError(f"airflow db migrate failed:\n{migrate.stderr[-2000:]}")
-        print(
-            f"starting Airflow (scheduler, dag-processor, triggerer, api-server on 127.0.0.1:{AIRFLOW_PORT})…"
-        )
+        print(f"starting Airflow (scheduler, dag-processor, triggerer, api-server on 127.0.0.1:{AIRFLOW_PORT})…")
         for proc, (_, args) in zip(self.airflow, AIRFLOW_COMPONENTS, strict=True):
             proc.spawn([airflow, *args], env=env, cwd=REPO_ROOT)
         write_atomic(started_with, digest)

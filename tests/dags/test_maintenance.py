@@ -11,7 +11,7 @@ import pytest
 
 from modelship import net
 from tests.e2e.pipeline import run_dag, task_states
-from tests.plugins.retention_support import World, make_world, old_entry
+from tests.plugins.retention_support import World, applied, make_world, old_entry
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 REG_CONN = "modelship_test_gc_registry"
@@ -39,11 +39,8 @@ def world(tmp_path, docker_client, docker_engine, registry, airflow_db, monkeypa
     made = make_world(tmp_path, docker_client=docker_client, docker_engine=docker_engine, registry=registry,
                       reg_conn=REG_CONN, port=net.free_port(), MODELSHIP_KEEP_IMAGES="1",
                       MODELSHIP_KEEP_MODEL_VERSIONS="1")  # fmt: skip
-    for key, value in made.env.items():
-        monkeypatch.setenv(key, value)
-    yield made
-    for image in docker_client.images.list(filters={"label": f"io.modelship.model.name={made.model_name}"}):
-        docker_client.images.remove(image.id, force=True)
+    with applied(made, monkeypatch):
+        yield made
 
 
 def test_the_maintenance_dag_prunes_by_the_events_in_airflow_and_its_dry_run_deletes_nothing(world: World) -> None:

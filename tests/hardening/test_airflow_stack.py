@@ -99,14 +99,9 @@ def world(
     root = tmp_path_factory.mktemp("airflow-stack")
     commits = tuple(quick_commits(root / "src", 2))
     container = f"stack-{uuid.uuid4().hex[:12]}"
-    connections = {
-        "AIRFLOW_CONN_MODELSHIP_BLOB": json.dumps(
-            {"conn_type": "wasb", "extra": {"connection_string": azurite.connection_string}}
-        ),
-        "AIRFLOW_CONN_MODELSHIP_REGISTRY": json.dumps(
-            {"conn_type": "docker", "host": registry.address, "login": registry.username, "password": registry.password}
-        ),  # fmt: skip
-    }
+    connections = components.airflow_connections(
+        {"modelship_blob": azurite.connection, "modelship_registry": registry.connection}
+    )
     with pytest.MonkeyPatch.context() as patch:
         for key, value in connections.items():
             patch.setenv(key, value)

@@ -59,13 +59,8 @@ def connections(registry: components.Registry, azurite: components.Azurite) -> I
         "current-context": "x",
     }
     values = {
-        REGISTRY_CONN: {
-            "conn_type": "docker",
-            "host": registry.address,
-            "login": registry.username,
-            "password": registry.password,
-        },  # fmt: skip
-        "modelship_blob": {"conn_type": "wasb", "extra": {"connection_string": azurite.connection_string}},
+        REGISTRY_CONN: registry.connection,
+        "modelship_blob": azurite.connection,
         KUBE_CONN: {"conn_type": "kubernetes", "extra": {"kube_config": json.dumps(kubeconfig)}},
     }
     with pytest.MonkeyPatch.context() as patch:

@@ -213,9 +213,7 @@ def test_wait_for_rollout_fails_at_the_deadline_with_the_pods_states() -> None:
     assert "ImagePullBackOff" in message and "revision 3" in message
 
 
-def pod(
-    name: str, rs: str, *, waiting: tuple[str, str] | None = None, restarts: int = 0, age: float = 0
-) -> k8s.V1Pod:
+def pod(name: str, rs: str, *, waiting: tuple[str, str] | None = None, restarts: int = 0, age: float = 0) -> k8s.V1Pod:
     state = (
         k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason=waiting[0], message=waiting[1]))
         if waiting
@@ -391,18 +389,10 @@ REGISTRY_CONN = "modelship_test_k8s_registry"
 @pytest.fixture(scope="module")
 def cluster_env(k8s_cluster, registry: components.Registry) -> Iterator[None]:
     """Airflow connections as a deployment defines them: kubeconfig content in the kubernetes conn's extra."""
-    conns = {
-        K8S_CONN: {"conn_type": "kubernetes", "extra": {"kube_config": k8s_cluster.kubeconfig.read_text()}},
-        REGISTRY_CONN: {
-            "conn_type": "docker",
-            "host": registry.address,
-            "login": registry.username,
-            "password": registry.password,
-        },
-    }
+    conns = components.airflow_connections({K8S_CONN: k8s_cluster.connection, REGISTRY_CONN: registry.connection})
     with pytest.MonkeyPatch.context() as patch:
-        for conn_id, conn in conns.items():
-            patch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+        for key, value in conns.items():
+            patch.setenv(key, value)
         yield
 
 

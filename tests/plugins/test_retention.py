@@ -17,7 +17,7 @@ from modelship import apptests, net, retention
 from modelship.deploy import get_target
 from modelship.fs import USED_MARKER
 from modelship.retention import store
-from tests.plugins.retention_support import World, gone, make_world, old_entry, reasons
+from tests.plugins.retention_support import World, applied, gone, make_world, old_entry, reasons
 
 pytest_plugins = ["images_fixtures"]
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
@@ -30,14 +30,8 @@ def world(tmp_path, docker_client, docker_engine, registry, reg_conn, monkeypatc
     made = make_world(tmp_path, docker_client=docker_client, docker_engine=docker_engine, registry=registry,
                       reg_conn=reg_conn, port=net.free_port(), MODELSHIP_KEEP_IMAGES="1",
                       MODELSHIP_KEEP_MODEL_VERSIONS="1")  # fmt: skip
-    for key, value in made.env.items():
-        monkeypatch.setenv(key, value)
-    yield made
-    port = made.env["MODELSHIP_DOCKER_DEPLOY_PORT"]
-    for container in docker_client.containers.list(all=True, filters={"label": f"io.modelship.port={port}"}):
-        container.remove(force=True)
-    for image in docker_client.images.list(filters={"label": f"io.modelship.model.name={made.model_name}"}):
-        docker_client.images.remove(image.id, force=True)
+    with applied(made, monkeypatch):
+        yield made
 
 
 def local_tags(world: World) -> set[str]:
@@ -250,7 +244,8 @@ def test_the_engine_keeps_fresh_builds_and_never_touches_other_images(world: Wor
     built = [world.image(c1, "v1"), world.image(c2, "v1")]
     monkeypatch.setenv("MODELSHIP_GC_GRACE_HOURS", "6")
     everything_else = {i.id for i in world.docker_client.images.list(all=True)} - {
-        i.id for i in world.docker_client.images.list(filters={"label": f"io.modelship.model.name={world.model_name}"})}
+        i.id for i in world.docker_client.images.list(filters={"label": f"io.modelship.model.name={world.model_name}"})
+    }
 
     report = world.gc(built)
 
