@@ -213,6 +213,10 @@ def test_wait_for_rollout_fails_at_the_deadline_with_the_pods_states() -> None:
     assert "ImagePullBackOff" in message and "revision 3" in message
 
 
+# Pods are made at collection time; their ages count from this fixed instant, not from when a test runs.
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
 def pod(name: str, rs: str, *, waiting: tuple[str, str] | None = None, restarts: int = 0, age: float = 0) -> k8s.V1Pod:
     state = (
         k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason=waiting[0], message=waiting[1]))
@@ -231,7 +235,7 @@ def pod(name: str, rs: str, *, waiting: tuple[str, str] | None = None, restarts:
         ),
         status=k8s.V1PodStatus(
             phase="Running",
-            start_time=datetime.now(UTC) - timedelta(seconds=age),
+            start_time=NOW - timedelta(seconds=age),
             conditions=[k8s.V1PodCondition(type="Ready", status="False")],
             container_statuses=[
                 k8s.V1ContainerStatus(
@@ -284,7 +288,7 @@ def test_the_start_up_budget_is_what_the_pods_own_probes_allow() -> None:
     ],
 )  # fmt: skip
 def test_a_new_revision_is_hopeless_only_when_waiting_cannot_help(pods, verdict) -> None:
-    cause = hopeless(pods, budget=95)
+    cause = hopeless(pods, budget=95, now=NOW)
     assert (cause is None) if verdict is None else (verdict in cause), cause
 
 
