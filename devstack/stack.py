@@ -144,6 +144,7 @@ class Stack:
         self.docker.start()
         print("importing the local base image (no registry to pull from)…", flush=True)
         self.docker.ensure_base_image()
+        self.heal_release()
         print(f"starting registry on {self.registry.address} (htpasswd auth)…", flush=True)
         self.registry.start()
         print(f"starting Azurite on 127.0.0.1:{AZURITE_PORT}…", flush=True)
@@ -152,6 +153,29 @@ class Stack:
         self.write_env_file(env)
         self._start_airflow(env)
         self._print_login()
+
+    def heal_release(self, port: int | None = None) -> str | None:
+        """Before anything else: a release cut off mid-swap (its worker killed, the machine restarted) can have
+        left the docker target's app stopped; start its last container again and wait until it serves
+        (DockerTarget.heal, which the next release would also run first). Its name, or None."""
+        # The target's module imports Airflow, which writes into $AIRFLOW_HOME (else ~/airflow): this stack's.
+        os.environ.setdefault("AIRFLOW_HOME", str(self.state / "airflow"))
+        from modelship.deploy.docker import DockerTarget
+        from modelship.settings import Settings
+
+        port = port or Settings.get().docker_deploy_port
+        client = self.docker.client()
+        try:
+            healed = DockerTarget(self.docker.url, port, client=client.api).heal()
+        except Exception as exc:  # the stack still comes up; the next release tries again and says why
+            print(f"warning: the app on 127.0.0.1:{port} is not serving and did not come back: {exc}", flush=True)
+            return None
+        finally:
+            client.close()
+        if healed:
+            print(f"the app on 127.0.0.1:{port} was not serving (a release cut off mid-swap): {healed} serves again",
+                  flush=True)  # fmt: skip
+        return healed
 
     def _start_airflow(self, env: dict[str, str]) -> None:
         url = f"http://127.0.0.1:{AIRFLOW_PORT}/api/v2/monitor/health"
