@@ -2,7 +2,7 @@
 
 It stands in front of one real server (Azurite, the registry, the Kubernetes API server) and forwards every
 HTTP/1.1 request and answer byte for byte, until a fault armed by the test matches a request ("METHOD path",
-a regular expression) and fires, the first `times` times it matches:
+a regular expression) and fires, the first `times` times it matches (after letting `skip` through):
 
     Respond(503)          the server seems overloaded: the request is answered with that status (and the
                           connection closed), never forwarded
@@ -44,11 +44,17 @@ CHUNK = 64 * 1024
 class Fault:
     match: str = ""  # a regular expression searched in "METHOD path"
     times: int = 1
+    skip: int = 0  # matching requests let through untouched before the fault starts firing
     fired: int = field(default=0, init=False)
     seen: list[str] = field(default_factory=list, init=False)  # the requests it fired on
 
     def matches(self, request_line: str) -> bool:
-        return self.fired < self.times and re.search(self.match, request_line) is not None
+        if self.fired >= self.times or re.search(self.match, request_line) is None:
+            return False
+        if self.skip > 0:
+            self.skip -= 1
+            return False
+        return True
 
 
 @dataclass(kw_only=True)
@@ -90,6 +96,17 @@ def reset(sock: socket.socket) -> None:
         # Wakes a thread blocked reading it (close alone would not, and the reset would wait for that thread);
         # SHUT_RD sends nothing, so the peer still sees the reset, not an orderly end.
         sock.shutdown(socket.SHUT_RD)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def close_in_order(sock: socket.socket) -> None:
+    """FIN, then wait (briefly) for the peer to close: it reads everything we sent before it sees the end."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(5)
+        while sock.recv(CHUNK):
+            pass
     with contextlib.suppress(OSError):
         sock.close()
 
@@ -170,6 +187,7 @@ class FaultProxy:
 
     def _serve(self, client: socket.socket) -> None:
         upstream: socket.socket | None = None
+        answered = False  # an injected answer: the connection ends in order (FIN), so the client reads it all
         try:
             if self._server_tls is not None:
                 client = self._server_tls.wrap_socket(client, server_side=True)
@@ -196,6 +214,7 @@ class FaultProxy:
                         f"HTTP/1.1 {fault.status} {fault.reason}\r\nContent-Type: application/json\r\n"
                         f"Content-Length: {len(text)}\r\nConnection: close\r\n\r\n{text}".encode()
                     )
+                    answered = True
                     return
                 if upstream is None:
                     upstream = self._connect()
@@ -218,7 +237,10 @@ class FaultProxy:
         except (_Reset, OSError, ssl.SSLError, ValueError):
             pass
         finally:
-            reset(client)
+            if answered:
+                close_in_order(client)
+            else:
+                reset(client)
             if upstream is not None:
                 reset(upstream)
 
