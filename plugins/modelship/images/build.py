@@ -63,11 +63,14 @@ class Lineage:
     created: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
     def build_args(self, base_image: str) -> dict[str, str]:
+        from modelship.source import public_url
+
         return {
             "BASE_IMAGE": base_image,
             "GIT_COMMIT": self.commit,
             "BUILD_DATE": self.created,
-            "SOURCE_URL": self.source,
+            # Build args end up in the image (label, ENV, /version, history): never with credentials.
+            "SOURCE_URL": public_url(self.source),
             "APP_VERSION": self.app_version or self.commit[:12],
             "MODEL_NAME": self.model_name,
             "MODEL_VERSION": self.model_version,
