@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shlex
 import subprocess
 import sys
@@ -69,6 +70,24 @@ def airflow_settings(home: Path, port: int) -> dict[str, str]:
         "AIRFLOW__API__BASE_URL": base,
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
     }
+
+
+def airflow_passwords(path: Path, users: tuple[str, ...] = ("admin",)) -> Path:
+    """The simple auth manager's password file, written before the api-server starts: owner-only (0600) from the
+    moment it exists (write_atomic), a random password for each user. Left to the api-server, it is created with
+    the process's umask (world-readable as a rule) and the generated password is printed to its log. The
+    api-server keeps a file that names every user. Passwords already there are kept; the mode is made 0600."""
+    try:
+        known = json.loads(path.read_text() or "{}") if path.exists() else {}
+    except ValueError:
+        known = {}  # unreadable: the api-server would refuse it too; start over
+    missing = [user for user in users if user not in known]
+    if missing or not path.exists():
+        known.update({user: secrets.token_urlsafe(18) for user in missing})
+        write_atomic(path, json.dumps(known) + "\n", mode=0o600)
+    else:
+        path.chmod(0o600)  # a file from before: tightened
+    return path
 
 
 def connections(registry: Registry, azurite: Azurite) -> dict[str, str]:
@@ -197,6 +216,7 @@ class Stack:
         migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True)
         if migrate.returncode != 0:
             raise StackError(f"airflow db migrate failed:\n{migrate.stderr[-2000:]}")
+        airflow_passwords(self.passwords_file)
         print(
             f"starting Airflow (scheduler, dag-processor, triggerer, api-server on 127.0.0.1:{AIRFLOW_PORT})…"
         )

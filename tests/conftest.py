@@ -94,9 +94,11 @@ def api_server(state_dir: Path, name: str = "api-server") -> Iterator[dict[str, 
     import sys
 
     from devstack.process import Process
+    from devstack.stack import airflow_passwords
 
     port = net.free_port()
     home = Path(os.environ["AIRFLOW_HOME"])
+    airflow_passwords(home / "simple_auth_manager_passwords.json.generated")  # as `make up`: 0600, beforehand
     proc = Process(name, state_dir / name)
     venv_bin = Path(sys.executable).parent
     proc.spawn(

@@ -1,8 +1,9 @@
 """What `ps` shows every user of the machine: each process's command line (/proc/<pid>/cmdline is world-readable).
 
 `shown_by_ps(secrets)` samples every command line, every few milliseconds, while its block runs, and records
-each one that holds a secret. Sampling can miss a process that lives less than a sample; tests of it show it
-catches a secret on a command line that lives 0.3 s (test_pswatch).
+each one that holds a secret (`secrets` is read on every pass: a list may grow while the block runs). Sampling
+can miss a process that lives less than a sample; it is shown to catch a secret on a command line that lives
+0.3 s (tests/hardening/test_source_credentials.py).
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ def command_lines() -> dict[int, bytes]:
 
 @contextlib.contextmanager
 def shown_by_ps(secrets: Iterable[str], interval: float = 0.002) -> Iterator[Sightings]:
-    wanted = [s.encode() for s in secrets if s]
     seen = Sightings()
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
+            wanted = [s.encode() for s in list(secrets) if s]
             for pid, line in command_lines().items():
                 seen.processes += 1
                 if any(secret in line for secret in wanted):

@@ -14,7 +14,7 @@ from pathlib import Path
 import requests
 
 from devstack import components, process
-from devstack.stack import AIRFLOW_COMPONENTS, airflow_settings
+from devstack.stack import AIRFLOW_COMPONENTS, airflow_passwords, airflow_settings
 from modelship import airflow_api, net
 from modelship.airflow_api import AirflowAPI
 from modelship.registry import RegistryClient
@@ -143,6 +143,7 @@ class AirflowStack:
         self.home.mkdir(parents=True, exist_ok=True)
         migrate = subprocess_run([airflow, "db", "migrate"], self.env)
         assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-3000:]
+        airflow_passwords(self.home / airflow_api.PASSWORDS_FILE)  # as `make up`: 0600, before the api-server
         for proc in self.procs:
             name = proc.name.removeprefix("airflow-")
             if name != "triggerer":
