@@ -136,6 +136,11 @@ def test_the_deployed_app_container_has_no_privilege_at_all(docker_client, docke
         assert all(int(gid) != 0 for gid in status["Gid"].split())
         write = container.exec_run(["sh", "-c", "echo x > /app/x"])
         assert write.exit_code != 0 and b"Read-only file system" in write.output
+        # On the host network, it listens on loopback only: the serving port, nothing on all interfaces.
+        from tests.listeners import listening, not_loopback, pids_in_session
+
+        pids = pids_in_session(container.attrs["State"]["Pid"])
+        assert port in {p for _, _, p in listening(pids)} and not_loopback(pids) == []
     finally:
         for leftover in docker_client.containers.list(all=True, filters={"label": f"io.modelship.port={port}"}):
             leftover.remove(force=True)
