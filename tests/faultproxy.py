@@ -11,9 +11,9 @@ a regular expression) and fires, the first `times` times it matches (after letti
     ResetResponse(after=K) the connection breaks mid-download: K bytes of the answer's body reach the client,
                           then a TCP reset
     Corrupt(at=K)         one bit flips in transit: byte K of the answer's body reaches the client changed
-    Watch(after=K, then=f) nothing breaks here: once K bytes of a matching request's body went through, f() runs,
-                          holding the rest of the upload until it returns: e.g. it stops the server behind the
-                          proxy, or the client's own engine, in the middle of an upload for certain
+    Watch(after=K, then=f) nothing breaks here: once K bytes of a matching request's body went through (K=0:
+                          before the request goes on), f() runs, holding the rest until it returns: e.g. it stops
+                          the server behind the proxy, or the client's own engine, mid-upload for certain
 
 Every fault counts how often it fired (`fired`), so a test can prove its fault really happened. With
 `tls=(certificate, key)` the proxy terminates TLS with that certificate and speaks TLS to the server (the
@@ -220,6 +220,8 @@ class FaultProxy:
                     upstream = self._connect()
                     threading.Thread(target=self._answers, args=(upstream, client, answer), daemon=True).start()
                 answer.expect(fault if isinstance(fault, ResetResponse | Corrupt) else None)
+                if isinstance(fault, Watch) and fault.after == 0:
+                    fault.then()  # before the request goes on at all (a GET has no body to count)
                 upstream.sendall(head)
                 sent = 0
 
