@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ def test_the_azure_stand_ins_listen_where_the_connections_point(
     # The htpasswd file mounted into the registry holds the connection's user, and checks its password.
     [mount] = [v for v in services["registry"]["volumes"] if v.endswith(":/auth/htpasswd:ro")]
     htpasswd, login = mount.split(":")[0], generated.stack.registry
+    assert stat.S_IMODE(Path(htpasswd).parent.stat().st_mode) == 0o700  # the host's other users cannot read it
     # -i: the password on stdin (-b would put it on the command line, where `ps` shows it to every user).
     check = subprocess.run(["htpasswd", "-vi", htpasswd, login.username], input=login.password.encode(),
                            capture_output=True)  # fmt: skip

@@ -125,6 +125,7 @@ def test_the_deployed_app_container_has_no_privilege_at_all(docker_client, docke
         container = docker_client.containers.get(event.revision)
         host = container.attrs["HostConfig"]
         assert host["Privileged"] is False and not host["CapAdd"] and host["ReadonlyRootfs"] is True
+        assert host["Memory"] == 1 << 30 and host["PidsLimit"] == 256  # the docker target's limits
         # What the kernel says about the serving process itself (PID 1 of the container).
         status = dict(
             line.split(":\t", 1) for line in container.exec_run(["cat", "/proc/1/status"]).output.decode().splitlines()
