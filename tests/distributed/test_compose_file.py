@@ -110,11 +110,16 @@ def test_the_azure_stand_ins_listen_where_the_connections_point(
         assert depends["airflow-init"]["condition"] == "service_completed_successfully"
 
 
+@pytest.mark.parametrize("bridge", [False, True], ids=["host-network", "bridge-override"])
 def test_redis_gets_its_password_from_a_file_never_from_a_command_line(
-    resolved: dict[str, Any], tmp_path: Path
+    bridge: bool, resolved: dict[str, Any], compose_bin: str, generated: distributed.Distributed, tmp_path: Path
 ) -> None:
     """The redis service's own command, run by a shell as in the container, with a stand-in redis-server that
     records what it was given: no command line held the password (sampled throughout), the config file did."""
+    if bridge:
+        done = config(compose_bin, generated, distributed.COMPOSE_FILE, BRIDGE_FILE)
+        assert done.returncode == 0, done.stderr
+        resolved = yaml.safe_load(done.stdout)
     redis = resolved["services"]["redis"]
     password = redis["environment"]["REDIS_PASSWORD"]
     bin_dir = tmp_path / "bin"
@@ -131,7 +136,7 @@ def test_redis_gets_its_password_from_a_file_never_from_a_command_line(
     assert done.returncode == 0, done.stderr
     assert seen.found == {} and seen.samples > 5, seen
     argv = (tmp_path / "argv").read_text()
-    assert password not in argv and "--bind\n127.0.0.1" in argv, argv
+    assert password not in argv and "--appendonly\nyes" in argv, argv
     assert (tmp_path / "conf").read_text() == f"requirepass {password}\n"
     assert (tmp_path / "mode").read_text().strip() == "600"
 
