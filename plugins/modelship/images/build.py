@@ -4,6 +4,7 @@ the host network; the image must carry its lineage as OCI labels, or it is not s
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -182,7 +183,9 @@ def build_image(
                 if no_space(message) or any(no_space(line) for line in tail[-5:]):
                     raise _engine_disk_full(api, tag, step, message)
                 output = "\n".join(tail[-15:])
-                engine_still_there(api, f"the build of {tag} at {step} ({message})")
+                # A step killed by a signal (137, 143) may be the engine stopping under it: watch it a while.
+                killed = re.search(r"returned a non-zero code: (137|143)\b", str(message)) is not None
+                engine_still_there(api, f"the build of {tag} at {step} ({message})", grace=15.0 if killed else 0.0)
                 raise ImageBuildError(f"build of {tag} failed at {step}: {message}\n--- last output ---\n{output}")
             if "aux" in chunk and isinstance(chunk["aux"], dict) and chunk["aux"].get("ID"):
                 image_id = chunk["aux"]["ID"]
