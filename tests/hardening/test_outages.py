@@ -6,16 +6,20 @@ RegistryClient and push_image (tests/plugins/test_registry.py), bad releases rol
 target (tests/plugins/test_deploy_docker.py), red ci runs that push nothing (tests/e2e/test_ci_dag.py).
 
 Added here: the ci DAG's push step with the registry stopped (both retry layers, a red run, nothing in the
-registry once it is back); the engine stopped in the middle of a build (no image left under the tag) and
-while a release deploys (a retryable error, the old version serving again once the engine is back, and the
-retried release then going through). The registry and the engine are session fixtures shared with other
-tests: every test here brings them back in `finally`.
+registry once it is back); the registry and the engine each stopped in the middle of a push, after a MiB of a
+layer went through a proxy (tests/faultproxy.py) that watches the upload, then started again: the push ends
+green and every blob of the image it announces is in the registry; the engine stopped in the middle of a build
+(no image left under the tag) and while a release deploys (a retryable error, the old version serving again
+once the engine is back, and the retried release then going through). The registry and the engine are session
+fixtures shared with other tests: every test here brings them back in `finally`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import threading
 import time
 import urllib.request
@@ -26,11 +30,12 @@ import docker
 import pytest
 
 import devstack
-from devstack import components, rootfs
+from devstack import components, process, rootfs
 from modelship import images, net
 from modelship.registry import RegistryClient
 from tests.e2e.pipeline import REPO, task_states
-from tests.hardening.support import quick_commits, try_numbers
+from tests.faultproxy import FaultProxy, Watch
+from tests.hardening.support import image_is_whole, quick_commits, try_numbers, unique_image
 from tests.logcapture import log_messages
 from tests.plugins.deploy_fixtures import build_standin
 
@@ -116,6 +121,81 @@ def test_ci_push_with_the_registry_down_retries_then_fails_and_pushes_nothing(
     finally:
         client.close()
     assert not list((Path(dag_env).parent / "state" / "work" / "ci").glob("*"))  # the teardown cleaned up
+
+
+# --- the registry or the engine stopped mid-push, then back -----------------------------------------------------
+
+
+@pytest.fixture
+def push_through_proxy(registry: components.Registry, monkeypatch: pytest.MonkeyPatch):
+    """A proxy in front of the registry (to see a layer going up) and the registry connection through it."""
+    with FaultProxy(registry.port, name="registry-proxy") as proxy:
+        conn = {"conn_type": "docker", "host": proxy.address, "login": registry.username,
+                "password": registry.password}  # fmt: skip
+        monkeypatch.setenv("AIRFLOW_CONN_MODELSHIP_REGISTRY", json.dumps(conn))
+        yield proxy
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+def test_registry_stopped_mid_push_then_back_the_push_ends_green_and_the_image_is_whole(
+    push_through_proxy: FaultProxy, registry: components.Registry, docker_client, tmp_path: Path
+) -> None:
+    outage: list[str] = []
+
+    def registry_goes_away() -> None:
+        registry.stop()  # a MiB of the layer is up: the upload dies with the registry
+        outage.append("stopped")
+        registry.start()
+
+    up = Watch(match="PATCH /v2/.*/blobs/uploads/", after=1 << 20, then=registry_goes_away)
+    push_through_proxy.arm(up)
+    image = unique_image(docker_client, tmp_path, megabytes=8)
+    try:
+        with log_messages("modelship.images") as messages:
+            pushed = images.push_image(docker_client, image, "modelship-outages/mid-push", "t",
+                                       registry_conn="modelship_registry")  # fmt: skip
+    finally:
+        registry.start()
+    assert up.fired == 1 and outage == ["stopped"]
+    assert any("Retrying in" in m for m in messages), messages  # the cut upload was sent again
+    image_is_whole(registry, "modelship-outages/mid-push", "t", pushed.digest)
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+def test_engine_stopped_mid_push_then_back_the_push_retries_and_ends_green(
+    push_through_proxy: FaultProxy, registry: components.Registry, docker_engine: components.DockerEngine,
+    docker_client, tmp_path: Path,
+) -> None:  # fmt: skip
+    restarted: list[str] = []
+
+    def engine_goes_away() -> None:
+        # The engine dies (SIGKILL: a graceful stop would first finish the push it is in); the push stream breaks
+        # under push_image. Then it is started again, as its supervisor would.
+        pid = docker_engine.proc.pid()
+        assert pid is not None
+        os.killpg(pid, signal.SIGKILL)
+        while process.alive(pid):
+            time.sleep(0.05)
+        docker_engine.stop()  # what a killed dockerd leaves behind: its containerd, its mounts
+        docker_engine.start()
+        restarted.append("engine")
+
+    up = Watch(match="PATCH /v2/.*/blobs/uploads/", after=1 << 20, then=engine_goes_away)
+    push_through_proxy.arm(up)
+    image = unique_image(docker_client, tmp_path, megabytes=8)
+    try:
+        with log_messages("modelship.images", logging.WARNING) as retries:
+            # Six attempts, 2 s to 32 s apart (62 s): a budget far beyond an engine restart of a few seconds.
+            pushed = images.push_image(docker_client, image, "modelship-outages/engine-mid-push", "t",
+                                       registry_conn="modelship_registry", attempts=6)  # fmt: skip
+    finally:
+        restart_engine(docker_engine, docker_client)
+    assert up.fired == 1 and restarted == ["engine"]
+    assert retries and "retry 1/5 in 2.0s" in retries[0], retries
+    assert f"Docker engine {docker_engine.url}" in retries[0], retries  # named as the engine's outage
+    image_is_whole(registry, "modelship-outages/engine-mid-push", "t", pushed.digest)
 
 
 # --- Docker engine stopped during a build ---------------------------------------------------------------

@@ -558,23 +558,28 @@ def test_a_deploy_waits_for_pods_of_an_earlier_rollout_that_are_still_terminatin
     )  # fmt: skip
     core.create_namespaced_pod(target.namespace, held)
     core.delete_namespaced_pod("held-terminating", target.namespace)
-    release_after = 4.0
 
-    def release() -> None:
-        time.sleep(release_after)
-        core.patch_namespaced_pod("held-terminating", target.namespace, {"metadata": {"finalizers": None}})
-
-    releaser = threading.Thread(target=release)
     with log_messages("modelship.deploy") as messages:
-        started = time.monotonic()
+
+        def release() -> None:
+            # Once the deploy says it waits for the pod (not after a guessed delay), the pod may go.
+            deadline = time.monotonic() + 120
+            while not any("waiting for terminating pods" in m for m in messages) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            messages.append("(test) released held-terminating")
+            core.patch_namespaced_pod("held-terminating", target.namespace, {"metadata": {"finalizers": None}})
+
+        releaser = threading.Thread(target=release)
         releaser.start()
         try:
             event = target.deploy(released["v2_ref"], released["v2"].lineage(), timeout=60)
         finally:
             releaser.join()
-        took = time.monotonic() - started
-    assert any("waiting for terminating pods" in m and "held-terminating" in m for m in messages), messages
-    assert took >= release_after, took
+    waited = next(i for i, m in enumerate(messages) if "waiting for terminating pods" in m)
+    assert "held-terminating" in messages[waited], messages
+    # Nothing was applied while the pod held on: the apply came after its release.
+    applied = next(i for i, m in enumerate(messages) if m.startswith("applied Deployment"))
+    assert waited < messages.index("(test) released held-terminating") < applied, messages
     assert event.commit == released["v2"].commit
     assert_v2_serves(target, released)
 

@@ -4,6 +4,7 @@ the host network; the image must carry its lineage as OCI labels, or it is not s
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ from modelship.lineage import (
     LABEL_SOURCE,
     LABEL_VERSION,
 )
+from modelship.retry import NoSpace, no_space
 from modelship.verdicts import Verdict
 
 if TYPE_CHECKING:
@@ -62,11 +64,14 @@ class Lineage:
     created: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
     def build_args(self, base_image: str) -> dict[str, str]:
+        from modelship.source import public_url
+
         return {
             "BASE_IMAGE": base_image,
             "GIT_COMMIT": self.commit,
             "BUILD_DATE": self.created,
-            "SOURCE_URL": self.source,
+            # Build args end up in the image (label, ENV, /version, history): never with credentials.
+            "SOURCE_URL": public_url(self.source),
             "APP_VERSION": self.app_version or self.commit[:12],
             "MODEL_NAME": self.model_name,
             "MODEL_VERSION": self.model_version,
@@ -117,11 +122,21 @@ def build_context(
         return ignored
 
     library = Path(library_dir) if library_dir is not None else app_dir.parent / "modelpkg"
-    link_tree(app_dir, dest, ignore=app_ignore, counts=counts)
-    link_tree(wheels_dir, dest / "wheels", counts=counts)
-    link_tree(model_dir, dest / "model", counts=counts)
-    if library.is_dir():
-        link_tree(library, dest / "modelpkg", counts=counts)
+    try:
+        link_tree(app_dir, dest, ignore=app_ignore, counts=counts)
+        link_tree(wheels_dir, dest / "wheels", counts=counts)
+        link_tree(model_dir, dest / "model", counts=counts)
+        if library.is_dir():
+            link_tree(library, dest / "modelpkg", counts=counts)
+    except OSError as exc:
+        if not no_space(exc):
+            raise
+        shutil.rmtree(dest, ignore_errors=True)
+        raise NoSpace(
+            f"no space left on device assembling the build context {dest} ({counts['copied']} files copied, "
+            f"{counts['linked']} linked so far): free space (`modelship gc` prunes old caches); the task's retry "
+            "builds again"
+        ) from exc
     log.info("build context %s: %d files linked, %d copied", dest, counts["linked"], counts["copied"])
     return dest
 
@@ -164,8 +179,13 @@ def build_image(
         for chunk in stream:
             if "error" in chunk or "errorDetail" in chunk:
                 message = (chunk.get("errorDetail") or {}).get("message") or chunk.get("error")
+                # The engine's disk (a layer it writes) or a RUN step's own writes ("No space left on device").
+                if no_space(message) or any(no_space(line) for line in tail[-5:]):
+                    raise _engine_disk_full(api, tag, step, message)
                 output = "\n".join(tail[-15:])
-                engine_still_there(api, f"the build of {tag} at {step} ({message})")
+                # A step killed by a signal (137, 143) may be the engine stopping under it: watch it a while.
+                killed = re.search(r"returned a non-zero code: (137|143)\b", str(message)) is not None
+                engine_still_there(api, f"the build of {tag} at {step} ({message})", grace=15.0 if killed else 0.0)
                 raise ImageBuildError(f"build of {tag} failed at {step}: {message}\n--- last output ---\n{output}")
             if "aux" in chunk and isinstance(chunk["aux"], dict) and chunk["aux"].get("ID"):
                 image_id = chunk["aux"]["ID"]
@@ -184,6 +204,8 @@ def build_image(
                 elif line.startswith("Successfully built ") and not image_id:
                     image_id = line.split()[-1]
     except docker.errors.APIError as exc:
+        if no_space(str(exc.explanation or exc)):  # e.g. while the engine unpacks the build context
+            raise _engine_disk_full(api, tag, step, str(exc.explanation or exc)) from exc
         raise ImageBuildError(f"build of {tag} refused by the engine: {exc.explanation or exc}") from exc
     except requests.RequestException as exc:  # the connection to the engine broke
         raise EngineUnavailable(
@@ -206,3 +228,16 @@ def build_image(
         raise ImageBuildError(f"{tag} was built but does not carry its lineage labels: {details}")
     log.info("built %s = %s in %.1fs", tag, inspected["Id"], time.monotonic() - started)
     return ImageRef(id=inspected["Id"], tag=tag, labels=image_labels)
+
+
+def _engine_disk_full(api: docker.APIClient, tag: str, step: str, message: str) -> NoSpace:
+    """A full disk on the engine is no verdict on the image: the same build goes through once space is freed."""
+    try:
+        root = api.info().get("DockerRootDir") or "its data root"
+    except (requests.RequestException, docker.errors.DockerException):
+        root = "its data root"
+    return NoSpace(
+        f"no space left on device on the Docker engine {engine_name(api)} ({root}) during the build of {tag} at "
+        f"{step}: {message}. Free space (`modelship gc` prunes old app images and the build cache); the task's "
+        "retry builds again"
+    )

@@ -3,6 +3,7 @@ docker.APIClient or a docker.DockerClient, interchangeably ("DockerLike"), and w
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import docker
@@ -52,10 +53,21 @@ def engine_name(api: docker.APIClient) -> str:
     return f"unix://{socket_path}" if socket_path else api.base_url
 
 
-def engine_still_there(api: docker.APIClient, during: str) -> None:
+def engine_still_there(api: docker.APIClient, during: str, *, grace: float = 0.0) -> None:
     """Raise EngineUnavailable if the engine does not answer: a step it killed while stopping is not a
-    failed step (that would be a verdict, failing the run without a retry)."""
-    try:
-        api.ping()
-    except (requests.RequestException, docker.errors.DockerException) as exc:
-        raise EngineUnavailable(f"Docker engine {engine_name(api)} stopped answering during {during}: {exc}") from exc
+    failed step (that would be a verdict, failing the run without a retry).
+
+    grace: keep asking that many seconds (a step was killed by a signal: an engine that is stopping kills its
+    containers first and still answers for a few seconds before it goes); answering throughout, it stays.
+    """
+    deadline = time.monotonic() + grace
+    while True:
+        try:
+            api.ping()
+        except (requests.RequestException, docker.errors.DockerException) as exc:
+            raise EngineUnavailable(
+                f"Docker engine {engine_name(api)} stopped answering during {during}: {exc}"
+            ) from exc
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.5)

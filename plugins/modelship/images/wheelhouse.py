@@ -13,6 +13,7 @@ from typing import IO
 
 from modelpkg.atomic import atomic_dir
 from modelship.fs import mark_used
+from modelship.retry import NoSpace, no_space
 
 log = logging.getLogger("modelship.images")
 
@@ -77,4 +78,8 @@ def _run_logged(argv: list[str], *, timeout: float, error: type[Exception]) -> N
             raise error(f"{' '.join(argv[:5])} … timed out after {timeout:.0f}s:\n" + "\n".join(tail)) from None
         reader.join(5)
     if code != 0:
+        if any(no_space(line) for line in tail):
+            raise NoSpace(f"no space left on device downloading the wheelhouse ({' '.join(argv[:5])} … exited "
+                          f"{code}): free space (`modelship gc` prunes old caches); the task's retry downloads "
+                          "again:\n" + "\n".join(tail[-5:]))  # fmt: skip
         raise error(f"{' '.join(argv[:5])} … exited {code}:\n" + "\n".join(tail))
