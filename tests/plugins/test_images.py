@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import re
 import shutil
 import time
@@ -157,12 +158,27 @@ def test_a_smoke_test_removes_the_expired_leftovers_of_a_worker_that_died(
 # ------------------------------------------------------------------------------------------ wheelhouse
 
 
-def test_failed_wheelhouse_download_leaves_nothing_behind(tmp_path):
+def test_failed_wheelhouse_download_leaves_nothing_behind(tmp_path, monkeypatch):
+    for key, value in {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path)}.items():
+        monkeypatch.setenv(key, value)  # no index at all: pip fails at once, with no network
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text("this is not a requirement ===\n")  # pip fails while parsing: no network
-    with pytest.raises(images.WheelhouseError, match="exited"):
+    requirements.write_text("modelship-no-such-package==1.0\n")
+    with pytest.raises(images.WheelhouseError, match="exited") as caught:
         images.wheelhouse(requirements, tmp_path / "cache")
+    assert not isinstance(caught.value, images.IndexUnavailable)  # nothing was unreachable: it does not exist
     assert list((tmp_path / "cache" / "wheels").iterdir()) == []
+
+
+@pytest.mark.parametrize("line", ["this is not a requirement ===", "-r /etc/passwd", "numpy>=2", "x==${HOME}",
+                                  "--extra-index-url http://127.0.0.1:9/simple", "numpy @ file:///etc/passwd"])
+def test_a_requirements_line_other_than_a_pin_is_refused_before_pip_reads_it(tmp_path, line):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(f"# pinned\nnumpy==2.4.6\n{line}\n")
+    with pytest.raises(images.RequirementsRefused, match="requirements.txt line 3: ") as caught:
+        images.wheelhouse(requirements, tmp_path / "cache")
+    assert isinstance(caught.value, images.WheelhouseError)
+    assert line not in str(caught.value)  # the line is not quoted back (it may hold what it should not)
+    assert not (tmp_path / "cache" / "wheels").exists() or list((tmp_path / "cache" / "wheels").iterdir()) == []
 
 
 def test_wheelhouse_is_keyed_by_the_requirements_file_and_reused(tmp_path, wheel_cache):

@@ -6,7 +6,7 @@ asks it the questions a user would; `push_image` sends it to the registry and re
 downstream refers to.
 
     engine      DockerHook / APIClient / DockerClient, and what an engine outage is
-    wheelhouse  the app's wheels, once per requirements file
+    wheelhouse  the app's wheels, once per requirements set (pinned requirements only, wheels only)
     build       context, build, lineage labels
     smoke       the smoke test (and the sweep of a dead worker's leftovers)
     push        push with retries; the registry's digest
@@ -28,11 +28,17 @@ from modelship.images.smoke import (
     smoke_test,
     sweep_smoke_leftovers,
 )
-from modelship.images.wheelhouse import WheelhouseError, wheelhouse
+from modelship.images.wheelhouse import (
+    IndexUnavailable,
+    RequirementsRefused,
+    WheelhouseError,
+    pinned_requirements,
+    wheelhouse,
+)
 
 __all__ = [
     "LINEAGE_LABELS", "SMOKE_EXPIRES_LABEL", "SMOKE_GRACE", "SMOKE_LABEL", "SMOKE_SAMPLE_INDEX", "EngineUnavailable",
-    "ImageBuildError", "ImagePushError", "ImageRef", "Lineage", "Pushed", "SmokeTestFailed", "WheelhouseError",
-    "build_context", "build_image", "docker_hook", "push_image", "sample_digit", "smoke_test",
-    "sweep_smoke_leftovers", "wheelhouse",
+    "ImageBuildError", "ImagePushError", "ImageRef", "IndexUnavailable", "Lineage", "Pushed", "RequirementsRefused",
+    "SmokeTestFailed", "WheelhouseError", "build_context", "build_image", "docker_hook", "pinned_requirements",
+    "push_image", "sample_digit", "smoke_test", "sweep_smoke_leftovers", "wheelhouse",
 ]  # fmt: skip
