@@ -119,6 +119,7 @@ def checkout(build: Build) -> Build:
 
 
 def test(build: Build) -> Build:
+    """The app's tests, in a throwaway container that reaches no credential, socket, folder or network."""
     settings = Settings.get()
     apptests.run(Path(build.workspace) / "src", settings.cache_dir)
     return build
