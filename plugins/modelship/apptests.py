@@ -339,6 +339,17 @@ def _run(api: docker.APIClient, container: str, paths: tuple[str, ...], timeout:
         raise AppTestsFailed(f"the app's tests did not finish within {timeout:.0f}s (MODELSHIP_APPTESTS_TIMEOUT)")
     if state.get("ExitCode") == 0:
         return summary
+    if state.get("ExitCode") in (137, 143) and not state.get("OOMKilled"):
+        # SIGKILL or SIGTERM that modelship did not send (no timeout, no memory limit): the engine stopping (it
+        # stops its containers first), or an operator. The tests did not finish; that says nothing of them.
+        try:
+            api.ping()
+        except (requests.RequestException, docker.errors.DockerException) as exc:
+            raise EngineUnavailable(f"Docker engine {engine_name(api)} stopped during the app's tests: {exc}") from exc
+        raise TestEnvironmentUnavailable(
+            f"the test container was stopped from outside (exit code {state.get('ExitCode')}) before the tests "
+            f"finished; last line: {summary}"
+        )
     if state.get("OOMKilled"):
         raise AppTestsFailed(
             f"the app's tests ran out of memory: the test container may use {settings.apptests_memory} "
