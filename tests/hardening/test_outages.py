@@ -251,6 +251,61 @@ def test_engine_stopped_mid_build_is_a_retryable_error_and_leaves_no_image(
     docker_client.images.remove(tag, force=True)
 
 
+# --- Docker engine stopped while the app's tests run -------------------------------------------------------
+
+
+@pytest.mark.docker
+def test_engine_stopped_while_the_app_tests_run_is_a_retryable_error(
+    docker_engine: components.DockerEngine, docker_client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelship import apptests
+    from modelship.retry import is_transient
+    from tests.containment import make_checkout
+
+    for key, value in {"MODELSHIP_DOCKER_HOST": docker_engine.url, "MODELSHIP_BASE_IMAGE": rootfs.BASE_IMAGE,
+                       "MODELSHIP_STATE": str(tmp_path / "state")}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    checkout = make_checkout(tmp_path / "src", {"test_long.py": "import time\ndef test_long():\n    time.sleep(300)\n"})
+    cache = tmp_path / "cache"
+    apptests.environment(checkout, cache)  # built before: the outage is to hit the tests, not the build
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            apptests.run(checkout, cache)
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not docker_client.containers.list(filters={"label": apptests.RUN_LABEL, "status": "running"}):
+            assert time.monotonic() < deadline and worker.is_alive(), outcome
+            time.sleep(0.2)
+        time.sleep(2)  # pytest is in the test
+        docker_engine.stop()
+        worker.join(120)
+    finally:
+        restart_engine(docker_engine, docker_client)
+    assert not worker.is_alive()
+    # The engine killed the test container while stopping: not red tests (AppTestsFailed, the verdict the ci
+    # DAG fails at once on) but an outage, left to the task's retries.
+    error = outcome.get("error")
+    assert isinstance(error, apptests.EngineUnavailable | apptests.TestEnvironmentUnavailable), repr(error)
+    assert not isinstance(error, apptests.AppTestsFailed) and is_transient(error)
+    # The engine is back: the retried run goes through. (The killed run's container and image stay until their
+    # expiry, when the next run sweeps them; here they go now, for the tests after this one.)
+    try:
+        checkout = make_checkout(tmp_path / "again", {"test_quick.py": "def test_quick():\n    pass\n"})
+        assert apptests.run(checkout, cache).startswith("1 passed")
+    finally:
+        for container in docker_client.containers.list(all=True, filters={"label": apptests.RUN_LABEL}):
+            container.remove(force=True)
+        for image in docker_client.images.list(filters={"label": apptests.RUN_LABEL}):
+            docker_client.images.remove(image.id, force=True)
+
+
 # --- Docker engine stopped during a release ---------------------------------------------------------------
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,13 +93,13 @@ def test_the_scan_finds_a_credential_that_was_baked_into_an_image(docker_client,
 
 @pytest.fixture(scope="module")
 def app_image(docker_client, docker_engine, connections, hardening_model: Path, tmp_path_factory):
-    """The real app image, built the way ci's build step builds it: a DockerHook logged into the registry
-    with the connection's credentials, the lineage as build args."""
+    """The real app image, built the way ci's build step builds it: a client with no registry login (the
+    worker holds the registry connection all the same), the lineage as build args."""
     wheels = images.wheelhouse(REPO / "app" / "requirements.txt", devstack.CACHE_DIR)  # shared with e2e
     context = images.build_context(REPO / "app", hardening_model, wheels, tmp_path_factory.mktemp("app") / "ctx")
     lineage = images.Lineage(commit=COMMIT, model_name="digits", model_version="v1",
                              model_sha256=manifest_sha256(hardening_model), source=str(REPO))  # fmt: skip
-    hook = images.docker_hook(REGISTRY_CONN, docker_engine.url)
+    hook = images.engine_client(docker_engine.url)
     args = lineage.build_args(rootfs.BASE_IMAGE)
     built = images.build_image(hook, context, "modelship-hardening/app:secrets", args)
     return built, lineage
@@ -107,6 +109,38 @@ def test_the_app_image_holds_no_credential_in_layers_history_or_config(docker_cl
     built, _ = app_image
     found = image_leaks(docker_client, built.id, secrets)
     assert found == {"history": set(), "config": set(), "layers": set()}
+
+
+def test_a_symbolic_link_in_the_commit_never_brings_a_worker_file_into_the_image(
+    docker_client, docker_engine, hardening_model: Path, tmp_path
+) -> None:
+    """A commit can hold a link to any path of the worker (the state folder's modelship.env, say) and a
+    Dockerfile that copies it. The build context keeps the link a link: the worker never reads the file."""
+    canary = tmp_path / "state" / "modelship.env"
+    canary.parent.mkdir()
+    canary.write_text("export AIRFLOW_CONN_X=secret-canary-in-a-worker-file\n")
+    app = tmp_path / "checkout" / "app"
+    shutil.copytree(REPO / "app", app, ignore=shutil.ignore_patterns("__pycache__", "wheels", "model"))
+    (app / "leak").symlink_to(canary)
+    (app / "leaks").symlink_to(canary.parent, target_is_directory=True)
+    (app / "Dockerfile").write_text((app / "Dockerfile").read_text() + "\nCOPY leak leaks /leaked/\n")
+    wheels = images.wheelhouse(REPO / "app" / "requirements.txt", devstack.CACHE_DIR)
+    context = images.build_context(app, hardening_model, wheels, tmp_path / "context", REPO / "modelpkg")
+    assert (context / "leak").is_symlink() and (context / "leaks").is_symlink()
+    assert os.readlink(context / "leak") == str(canary)  # the link, not the file's bytes or a hard link
+    lineage = images.Lineage(commit=COMMIT, model_name="digits", model_version="v1",
+                             model_sha256=manifest_sha256(hardening_model))  # fmt: skip
+    secrets = {"canary": b"secret-canary-in-a-worker-file"}
+    try:
+        built = images.build_image(images.engine_client(docker_engine.url), context, "modelship-hardening/links:1",
+                                   lineage.build_args(rootfs.BASE_IMAGE))  # fmt: skip
+    except images.ImageBuildError as exc:  # the engine finds nothing at the link's target: also fine
+        assert not leaks([str(exc).encode()], secrets)
+    else:
+        try:
+            assert image_leaks(docker_client, built.id, secrets) == {"history": set(), "config": set(), "layers": set()}
+        finally:
+            docker_client.images.remove(built.id, force=True)
 
 
 def test_the_deployed_app_container_has_no_privilege_at_all(docker_client, docker_engine, app_image) -> None:

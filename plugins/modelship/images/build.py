@@ -17,7 +17,7 @@ import requests
 
 from modelpkg.manifest import verify_package
 from modelship.fs import IGNORED, link_tree
-from modelship.images.engine import EngineUnavailable, api_of, engine_name, engine_still_there
+from modelship.images.engine import EngineUnavailable, api_of, docker_hook, engine_name, engine_still_there
 from modelship.lineage import (
     LABEL_CREATED,
     LABEL_MODEL_NAME,
@@ -27,7 +27,7 @@ from modelship.lineage import (
     LABEL_SOURCE,
     LABEL_VERSION,
 )
-from modelship.retry import NoSpace, no_space
+from modelship.retry import NoSpace, Transient, no_space
 from modelship.verdicts import Verdict
 
 if TYPE_CHECKING:
@@ -49,6 +49,10 @@ LINEAGE_LABELS = {
 
 class ImageBuildError(Verdict, RuntimeError):
     """The image did not build (the message names the failing step and its error) or lacks its lineage."""
+
+
+class BaseImageUnavailable(Transient, RuntimeError):
+    """The base image is not on the engine and could not be pulled (the registry's outage, or a wrong name)."""
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,8 @@ def build_context(
     is verified against its manifest here, before a build is spent on it.
     """
     app_dir, model_dir, wheels_dir, dest = (Path(p) for p in (app_dir, model_dir, wheels_dir, dest))
-    if not (app_dir / "Dockerfile").is_file():
-        raise ImageBuildError(f"{app_dir}: no Dockerfile; not an app folder")
+    if app_dir.is_symlink() or not (app_dir / "Dockerfile").is_file() or (app_dir / "Dockerfile").is_symlink():
+        raise ImageBuildError(f"{app_dir}: no Dockerfile (or a symbolic link); not an app folder")
     verify_package(model_dir)
     if not any(wheels_dir.glob("*.whl")):
         raise ImageBuildError(f"{wheels_dir}: no wheels in the wheelhouse")
@@ -122,12 +126,14 @@ def build_context(
         return ignored
 
     library = Path(library_dir) if library_dir is not None else app_dir.parent / "modelpkg"
+    # app/ and modelpkg/ come from the commit: their symbolic links stay links (never followed on the worker;
+    # the build resolves them inside the context or not at all).
     try:
-        link_tree(app_dir, dest, ignore=app_ignore, counts=counts)
+        link_tree(app_dir, dest, ignore=app_ignore, counts=counts, symlinks=True)
         link_tree(wheels_dir, dest / "wheels", counts=counts)
         link_tree(model_dir, dest / "model", counts=counts)
-        if library.is_dir():
-            link_tree(library, dest / "modelpkg", counts=counts)
+        if library.is_dir() and not library.is_symlink():
+            link_tree(library, dest / "modelpkg", counts=counts, symlinks=True)
     except OSError as exc:
         if not no_space(exc):
             raise
@@ -141,6 +147,41 @@ def build_context(
     return dest
 
 
+def ensure_base_image(docker_like: DockerLike, image: str, registry_conn_id: str | None = None) -> None:
+    """Make sure the engine has the base image `image` (settings.base_image), pulling it when missing.
+
+    Builds run through a client that holds no registry credential (engine_client), so the engine could only
+    pull a missing FROM image anonymously. A base image in a private registry (ACR) is pulled here instead,
+    through a client logged into the registry connection (`registry_conn_id`, default the settings'): the
+    engine uses the login for this one pull of the configured base image, and no build ever gets it.
+    """
+    from docker.utils import parse_repository_tag
+
+    api = api_of(docker_like)
+    try:
+        api.inspect_image(image)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    except requests.RequestException as exc:
+        raise EngineUnavailable(f"Docker engine {engine_name(api)} did not answer: {exc}") from exc
+    repository, tag = parse_repository_tag(image)
+    log.info("base image %s is not on the engine: pulling it (registry connection %s)", image,
+             registry_conn_id or "from settings")  # fmt: skip
+    try:
+        puller = api_of(docker_hook(registry_conn_id, engine_name(api)))
+        for chunk in puller.pull(repository, tag=tag or "latest", stream=True, decode=True):
+            error = chunk.get("error") or (chunk.get("errorDetail") or {}).get("message")
+            if error:
+                raise BaseImageUnavailable(f"pulling the base image {image} failed: {error}")
+    except docker.errors.APIError as exc:
+        raise BaseImageUnavailable(f"pulling the base image {image} failed: {exc.explanation or exc}") from exc
+    except requests.RequestException as exc:
+        raise EngineUnavailable(f"Docker engine {engine_name(api)} went away pulling {image}: {exc}") from exc
+    api.inspect_image(image)
+    log.info("pulled the base image %s", image)
+
+
 def build_image(
     docker_like: DockerLike,
     context: Path,
@@ -149,8 +190,12 @@ def build_image(
     labels: dict[str, str] | None = None,
     *,
     timeout: int = 1800,
+    network_mode: str = "none",
 ) -> ImageRef:
-    """Build context/Dockerfile as `tag` (classic builder, host network); return the image.
+    """Build context/Dockerfile as `tag` (classic builder); return the image.
+
+    RUN steps get no network by default (`network_mode="none"`): the Dockerfile is the commit's, and every
+    input is in the context already (wheels, model). Pass "host" for a build that must reach a server.
 
     The build output goes to the log line by line. A failing step raises ImageBuildError naming the step
     and its error. Afterwards every lineage build arg (GIT_COMMIT, MODEL_SHA256, … see LINEAGE_LABELS) must
@@ -169,7 +214,7 @@ def build_image(
             tag=tag,
             buildargs=build_args,
             labels=labels or None,
-            network_mode="host",  # no bridge on this engine; RUN steps see only loopback
+            network_mode=network_mode,  # "host" where a step needs one: this engine has no bridge
             rm=True,
             forcerm=True,  # intermediate containers go even when a step fails
             pull=False,  # the base image is local (nothing can be pulled here)
