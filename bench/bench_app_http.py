@@ -23,18 +23,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench import common
-from bench.bench_serving import _ms, inprocess_rate
+from bench import REPO
+from bench.bench_serving import inprocess_rate
+from bench.load import sample_request, wait_http, wrk
+from bench.report import median
+from modelship import net
 
-APP = common.REPO / "app"
+APP = REPO / "app"
 CLIENTS = 16
 # The container runtime's side of stdout, in Python: read the pipe, write one JSON record per line.
 JSON_READER = """
@@ -63,7 +64,7 @@ class Server:
     """gunicorn as the image runs it, stdout piped to a reader process (like a container's log pipe)."""
 
     def __init__(self, model: Path, root: Path, env: dict[str, str], log_reader: str) -> None:
-        self.port = common.localstack.free_port()
+        self.port = net.free_port()
         self.log = root / f"access-{self.port}.log"
         reader = ["cat"] if log_reader == "cat" else [sys.executable, "-c", JSON_READER, "/dev/stdout"]
         self.reader = subprocess.Popen(reader, stdin=subprocess.PIPE, stdout=self.log.open("wb"))
@@ -74,7 +75,7 @@ class Server:
             stdout=self.reader.stdin, stderr=(root / f"gunicorn-{self.port}.err").open("wb"),
         )  # fmt: skip
         self.reader.stdin.close()  # gunicorn holds the write end now
-        common.wait_http(self.port, "/readyz", timeout=120)
+        wait_http(self.port, "/readyz", timeout=120)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -82,41 +83,19 @@ class Server:
         self.reader.wait(timeout=60)
 
 
-def wrk(port: int, script: Path, seconds: float) -> dict[str, float]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(
-        ["wrk", "-t", "2", "-c", str(CLIENTS), "-d", f"{seconds:g}s", "--latency", "--timeout", "10s",
-         "-s", str(script), f"http://127.0.0.1:{port}/score"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = done.stdout
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
-        "p50_ms": _ms(latency["50"]),
-        "p99_ms": _ms(latency["99"]),
-        "errors": (int(bad.group(1)) if bad else 0) + (sum(map(int, socket.groups())) if socket else 0),
-        "wrk_cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
-    }
-
-
 def http_rate(
     model: Path, root: Path, script: Path, env: dict[str, str], seconds: float, log_reader: str
 ) -> dict[str, float]:
     server = Server(model, root, env, log_reader)
     try:
-        warm = wrk(server.port, script, 2)  # warm-up: both workers booted, imports and caches warm
+        warm = wrk(server.port, script, CLIENTS, 2)  # warm-up: both workers booted, imports and caches warm
         cpu, reader = cpu_seconds(server.process.pid), cpu_seconds(server.reader.pid)
-        sample = wrk(server.port, script, seconds)
+        sample = wrk(server.port, script, CLIENTS, seconds)
         requests = max(1, sample["requests"])
         sample["server_cpu_ms"] = (cpu_seconds(server.process.pid) - cpu) * 1e3 / requests
         sample["reader_cpu_ms"] = (cpu_seconds(server.reader.pid) - reader) * 1e3 / requests
         # All the CPU one HTTP request cost on this machine: server, log reader and client.
-        wrk_ms = sample["wrk_cpu_s"] * 1e3 / requests
+        wrk_ms = sample["client_cpu_s"] * 1e3 / requests
         sample["total_cpu_ms"] = sample["server_cpu_ms"] + sample["reader_cpu_ms"] + wrk_ms
     finally:
         server.stop()
@@ -133,7 +112,7 @@ def main(runs: int, seconds: float, variants: dict[str, dict[str, str]], log_rea
     root = Path(tempfile.mkdtemp(prefix="bench-app-http-"))
     model = root / "model"
     train_package(model, version="v1")
-    body = common.sample_request()
+    body = sample_request()
     (root / "body.json").write_bytes(body)
     script = root / "score.lua"
     script.write_text(
@@ -156,19 +135,19 @@ def main(runs: int, seconds: float, variants: dict[str, dict[str, str]], log_rea
         print(f"round {round_ + 1}/{runs}: pipeline {pipeline[-1]:.0f}/s, "
               + ", ".join(f"{n} {s[-1]['rps']:.0f} req/s" for n, s in http.items())
               + f" (load {os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
-    base, base_cpu = common.median(pipeline), common.median(pipeline_cpu)
+    base, base_cpu = median(pipeline), median(pipeline_cpu)
     print(
         f"\nin-process app pipeline, 2 processes: median {base:.0f}/s, runs {[round(p) for p in pipeline]}, "
         f"{base_cpu:.3f} ms CPU each"
     )
     for name, samples in http.items():
-        med = {key: common.median([s[key] for s in samples]) for key in samples[0]}
+        med = {key: median([s[key] for s in samples]) for key in samples[0]}
         ratios = [s["rps"] / p for s, p in zip(samples, pipeline, strict=True)]
         print(
             f"{name}: HTTP /score at {CLIENTS} clients: median {med['rps']:.0f} req/s = "
             f"{med['rps'] / base:.3f} of the pipeline (per-round ratios {[round(r, 3) for r in ratios]}); "
             f"p50 {med['p50_ms']:.1f} ms, p99 {med['p99_ms']:.1f} ms, server CPU {med['server_cpu_ms']:.3f} ms/req, "
-            f"wrk CPU {med['wrk_cpu_s']:.2f} s, errors {med['errors']:.0f}, "
+            f"wrk CPU {med['client_cpu_s']:.2f} s, errors {med['errors']:.0f}, "
             f"access-log lines per request {med['logged']:.3f}; CPU per request (server + log reader + wrk) "
             f"{med['total_cpu_ms']:.3f} ms: pipeline CPU / HTTP CPU {base_cpu / med['total_cpu_ms']:.3f}"
         )

@@ -24,10 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import re
-import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,7 +34,7 @@ from bench import REPO
 from bench.artifacts import SourceRepo, build_and_push, train
 from bench.components import BenchStack
 from bench.dag_runs import use_airflow_home
-from bench.load import sample_request, wait_http
+from bench.load import sample_request, wait_http, wrk
 from bench.logs import log_file, output_to, run_cli
 from bench.report import Report, loadavg, median
 from modelship import net
@@ -172,40 +169,6 @@ def start_app(api: Any, image: str, port: int, config: tuple[int, int, int], ext
     api.start(container)
     wait_http(port, "/readyz", timeout=120)
     return container
-
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
-
-
-def _ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(us|ms|s|m)$", text).groups()
-    return float(value) * _UNITS[unit]
-
-
-def wrk(port: int, script: Path, clients: int, seconds: float) -> dict[str, float]:
-    threads = min(clients, 2)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(
-        ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{seconds:g}s", "--latency", "--timeout", "10s",
-         "-s", str(script), f"http://127.0.0.1:{port}/score"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = done.stdout
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
-    if set(latency) != {"50", "99"}:  # no request completed: wrk prints no distribution
-        raise RuntimeError(f"wrk got no answers from 127.0.0.1:{port}:\n{out}\n{done.stderr}")
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50_ms": _ms(latency["50"]),
-        "p99_ms": _ms(latency["99"]),
-        "requests": total,
-        "errors": (int(bad.group(1)) if bad else 0) + (sum(map(int, socket.groups())) if socket else 0),
-        "client_cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
-    }
 
 
 class App:
@@ -364,16 +327,20 @@ def main(runs: int, seconds: float) -> Report:
                 f"{b1['rps']:.0f} req/s at 1 client (p50 {b1['p50_ms']:.1f} ms, p99 {b1['p99_ms']:.1f} ms)"
                 )  # fmt: skip
     cpu_ms = b16["server_cpu_ms_per_req"]
-    report.note(f"at the winner's CPU cost ({cpu_ms:.2f} ms a request at 16 clients), 2 idle cores would serve at "
-                f"most about {2000 / cpu_ms:.0f} req/s (before wrk's own CPU); "
-                "the measured rate is lower because the container gets only the share of the 2 cores that wrk "
-                "(and any other work on the machine) leaves it")
+    report.note(
+        f"at the winner's CPU cost ({cpu_ms:.2f} ms a request at 16 clients), 2 idle cores would serve at "
+        f"most about {2000 / cpu_ms:.0f} req/s (before wrk's own CPU); "
+        "the measured rate is lower because the container gets only the share of the 2 cores that wrk "
+        "(and any other work on the machine) leaves it"
+    )
     report.add(f"access log on stdout vs /dev/null, w{best[0]} t{best[1]} o{best[2]}, 16 clients (req/s)",
                "access log on stdout (as shipped)", [s["rps"] for s in access_on[16]], "access log to /dev/null",
                [s["rps"] for s in access_off[16]], "req/s", higher_is_better=True)  # fmt: skip
-    report.note("wrk runs on the same 2 cores as the server (there is no third core to give it); its CPU time per "
-                "run is in the table. Loopback HTTP; gunicorn's sync worker (APP_THREADS=1) closes the connection "
-                "after each response, so wrk reconnects per request; the gthread worker (APP_THREADS>1) keeps it.")
+    report.note(
+        "wrk runs on the same 2 cores as the server (there is no third core to give it); its CPU time per "
+        "run is in the table. Loopback HTTP; gunicorn's sync worker (APP_THREADS=1) closes the connection "
+        "after each response, so wrk reconnects per request; the gthread worker (APP_THREADS>1) keeps it."
+    )
     return report
 
 

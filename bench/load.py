@@ -1,13 +1,18 @@
 """Requests against the served app: the /score body every serving benchmark sends, waiting until a port
-answers, and a constant open-loop load that records every request."""
+answers, a constant open-loop load that records every request, and wrk's closed-loop throughput."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import re
+import resource
 import statistics
+import subprocess
 import threading
 import time
+from collections import Counter
+from pathlib import Path
 from typing import NamedTuple
 
 from modelship import net
@@ -110,4 +115,42 @@ class ConstantLoad:
             "rate": round(len(sent) / seconds, 1) if seconds else 0.0,
             "p50_ms": round(1000 * statistics.median(times), 1) if times else float("nan"),
             "p99_ms": round(1000 * times[min(len(times) - 1, int(0.99 * len(times)))], 1) if times else float("nan"),
+            # what failed, by status or exception (a TimeoutError after `timeout` s is a starved server, a
+            # ConnectionResetError or ConnectionRefusedError a gap in serving), and when, relative to the first
+            "errors": dict(Counter(r.detail for r in sent if not r.ok)),
+            "failed_at_s": [round(r.started - sent[0].started, 2) for r in sent if not r.ok][:20],
         }
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s|m)$", text).groups()
+    return float(value) * _UNITS[unit]
+
+
+def wrk(port: int, script: Path, clients: int, seconds: float) -> dict[str, float]:
+    threads = min(clients, 2)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{seconds:g}s", "--latency", "--timeout", "10s",
+         "-s", str(script), f"http://127.0.0.1:{port}/score"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = done.stdout
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    if set(latency) != {"50", "99"}:  # no request completed: wrk prints no distribution
+        raise RuntimeError(f"wrk got no answers from 127.0.0.1:{port}:\n{out}\n{done.stderr}")
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": _ms(latency["50"]),
+        "p99_ms": _ms(latency["99"]),
+        "requests": total,
+        "errors": (int(bad.group(1)) if bad else 0) + (sum(map(int, socket.groups())) if socket else 0),
+        "client_cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+    }

@@ -26,8 +26,8 @@ from airflow.sdk import Param, dag, task
 
 from modelship import retention
 from modelship.lineage import DEPLOYMENTS, IMAGE, QUARANTINE
-from modelship.settings import DEFAULT_ARGS, Settings
-from modelship.tasks import events, step
+from modelship.settings import Settings
+from modelship.tasks import DAG_DEFAULT_ARGS, events, step
 
 _settings = Settings.get()  # environment only: no I/O at parse time
 
@@ -39,11 +39,12 @@ _settings = Settings.get()  # environment only: no I/O at parse time
     catchup=False,
     max_active_runs=1,
     tags=["modelship", "maintenance"],
-    default_args=DEFAULT_ARGS,
+    default_args=DAG_DEFAULT_ARGS,
     doc_md=__doc__,
     params={
-        "dry_run": Param(False, type="boolean", title="Dry run",
-                         description="List what would be deleted, and why; delete nothing."),  # fmt: skip
+        "dry_run": Param(
+            False, type="boolean", title="Dry run", description="List what would be deleted, and why; delete nothing."
+        ),  # fmt: skip
     },
 )
 def maintenance():

@@ -19,6 +19,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from devstack import StackError
 from modelship.net import ensure_tcp_migrate_req
@@ -36,6 +37,11 @@ class LocalCluster:
     @property
     def kubeconfig(self) -> Path:
         return self.home / "kubeconfig-admin"
+
+    @property
+    def connection(self) -> dict[str, Any]:
+        """Its Airflow connection: the kubeconfig's content in the extra, as an AKS cluster's would be."""
+        return {"conn_type": "kubernetes", "extra": {"kube_config": self.kubeconfig.read_text()}}
 
     @property
     def kubectl(self) -> Path:

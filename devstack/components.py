@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from devstack import CACHE_DIR, StackError
 from devstack.process import Process, alive
@@ -24,12 +27,18 @@ from devstack.rootfs import APP_BASE, BASE_IMAGE
 from modelpkg.atomic import write_atomic
 from modelship.net import port_open, wait_for
 
-__all__ = ["AZURITE_VERSION", "BASE_IMAGE", "Azurite", "DockerEngine", "Registry", "StackError"]
+__all__ = ["AZURITE_VERSION", "BASE_IMAGE", "Azurite", "DockerEngine", "Registry", "StackError", "airflow_connections"]
 
 AZURITE_VERSION = "3.37.0"
 # Azurite's well-known development account: public, documented by Microsoft, valid only on Azurite.
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def airflow_connections(connections: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Connections as Airflow reads them from the environment (AIRFLOW_CONN_<ID>, JSON): the way the stack and
+    the tests hand the DAGs their credentials."""
+    return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn) for conn_id, conn in connections.items()}
 
 
 @dataclass
@@ -49,6 +58,11 @@ class Azurite:
             f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
             f"BlobEndpoint=http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT};"
         )
+
+    @property
+    def connection(self) -> dict[str, Any]:
+        """Its Airflow connection: wasb, as the Azure provider's WasbHook reads it."""
+        return {"conn_type": "wasb", "extra": {"connection_string": self.connection_string}}
 
     @staticmethod
     def install() -> Path:
@@ -111,6 +125,11 @@ class Registry:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def connection(self) -> dict[str, Any]:
+        """Its Airflow connection: docker type, as an ACR's would be."""
+        return {"conn_type": "docker", "host": self.address, "login": self.username, "password": self.password}
 
     def start(self) -> None:
         if self.proc.pid():

@@ -120,7 +120,12 @@ class AirflowAPI:
         self.url = url.rstrip("/")
         self.token = token  # also what the UI takes (the `_token` cookie, a Bearer header on /ui/*)
         self.timeout = timeout
-        self.client = ApiClient(Configuration(host=self.url, access_token=token, retries=retry_policy(patience)))
+        # PATCH too: the only patch sent sets is_paused, the same answer however often (a fresh stack's SQLite can
+        # answer 500 "database is locked" while the scheduler writes).
+        idempotent = urllib3.Retry.DEFAULT_ALLOWED_METHODS | {"PATCH"}
+        self.client = ApiClient(
+            Configuration(host=self.url, access_token=token, retries=retry_policy(patience, idempotent))
+        )
         self._dag_api = DAGApi(self.client)
         self._run_api = DagRunApi(self.client)
         self._task_api = TaskInstanceApi(self.client)

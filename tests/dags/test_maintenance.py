@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from modelship import net
-from tests.e2e.pipeline import run_dag, task_states
-from tests.plugins.retention_support import World, make_world, old_entry
+from tests.e2e.pipeline import run_dag, task_states, why
+from tests.plugins.retention_support import World, applied, make_world, old_entry
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 REG_CONN = "modelship_test_gc_registry"
@@ -39,11 +39,8 @@ def world(tmp_path, docker_client, docker_engine, registry, airflow_db, monkeypa
     made = make_world(tmp_path, docker_client=docker_client, docker_engine=docker_engine, registry=registry,
                       reg_conn=REG_CONN, port=net.free_port(), MODELSHIP_KEEP_IMAGES="1",
                       MODELSHIP_KEEP_MODEL_VERSIONS="1")  # fmt: skip
-    for key, value in made.env.items():
-        monkeypatch.setenv(key, value)
-    yield made
-    for image in docker_client.images.list(filters={"label": f"io.modelship.model.name={made.model_name}"}):
-        docker_client.images.remove(image.id, force=True)
+    with applied(made, monkeypatch):
+        yield made
 
 
 def test_the_maintenance_dag_prunes_by_the_events_in_airflow_and_its_dry_run_deletes_nothing(world: World) -> None:
@@ -59,7 +56,7 @@ def test_the_maintenance_dag_prunes_by_the_events_in_airflow_and_its_dry_run_del
     stale_env = old_entry(world.root / "cache" / "testenv" / "0123456789abcdef", days=30)
 
     dry = run_dag("maintenance", {"dry_run": True})  # also registers the Assets it reads
-    assert str(dry.state) == "success", task_states(dry)
+    assert str(dry.state) == "success", why(dry)
     assert len(world.tags()) == 4 and world.versions() == ["v0", "v1", "v2"] and stale_env.exists()
 
     for event in (rolled_back_to, quarantined, unprotected, newest):
@@ -70,7 +67,7 @@ def test_the_maintenance_dag_prunes_by_the_events_in_airflow_and_its_dry_run_del
 
     run = run_dag("maintenance", {"dry_run": False})
 
-    assert str(run.state) == "success", task_states(run)
+    assert str(run.state) == "success", why(run)
     assert set(task_states(run).values()) == {"success"}, task_states(run)
     assert [world.in_registry(e) for e in (rolled_back_to, quarantined, unprotected, newest)] == [True, True, False,
                                                                                                    True]  # fmt: skip

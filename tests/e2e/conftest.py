@@ -8,7 +8,6 @@ CI runs on one machine skip the downloads; everything that carries state is per 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,16 +44,8 @@ def pipeline_env(
         "MODELSHIP_SOURCE_REPO": str(source),
         "MODELSHIP_SOURCE_BRANCH": "main",
         "MODELSHIP_DOCKER_DEPLOY_PORT": str(net.free_port()),
-        "AIRFLOW_CONN_MODELSHIP_BLOB": json.dumps(
-            {"conn_type": "wasb", "extra": {"connection_string": azurite.connection_string}}
-        ),
-        "AIRFLOW_CONN_MODELSHIP_REGISTRY": json.dumps(
-            {
-                "conn_type": "docker",
-                "host": registry.address,
-                "login": registry.username,
-                "password": registry.password,
-            }
+        **components.airflow_connections(
+            {"modelship_blob": azurite.connection, "modelship_registry": registry.connection}
         ),
     }
     with pytest.MonkeyPatch.context() as mp:

@@ -8,7 +8,6 @@ started by test_airflow_stack.py.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -44,6 +43,6 @@ def dag_env(airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, h
 
 @pytest.fixture
 def registry_conn(registry: components.Registry, monkeypatch: pytest.MonkeyPatch) -> str:
-    conn = {"conn_type": "docker", "host": registry.address, "login": registry.username, "password": registry.password}
-    monkeypatch.setenv("AIRFLOW_CONN_MODELSHIP_REGISTRY", json.dumps(conn))
+    for key, value in components.airflow_connections({"modelship_registry": registry.connection}).items():
+        monkeypatch.setenv(key, value)
     return registry.address

@@ -14,6 +14,8 @@ import os
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -218,6 +220,22 @@ def make_world(root: Path, *, docker_client, docker_engine, registry, reg_conn: 
         **settings,
     }
     return World(root, env, docker_client, registry.address)
+
+
+@contextmanager
+def applied(world: World, monkeypatch: Any) -> Iterator[World]:
+    """The world's settings in the environment for the test; afterwards its containers and images are gone."""
+    for key, value in world.env.items():
+        monkeypatch.setenv(key, value)
+    try:
+        yield world
+    finally:
+        client = world.docker_client
+        port = world.env["MODELSHIP_DOCKER_DEPLOY_PORT"]
+        for container in client.containers.list(all=True, filters={"label": f"io.modelship.port={port}"}):
+            container.remove(force=True)
+        for image in client.images.list(filters={"label": f"io.modelship.model.name={world.model_name}"}):
+            client.images.remove(image.id, force=True)
 
 
 def old_entry(path: Path, days: float, *, marker: bool = True) -> Path:

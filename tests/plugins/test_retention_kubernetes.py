@@ -4,7 +4,6 @@ images are protected beside the one that serves."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -27,13 +26,9 @@ K8S_CONN, REGISTRY_CONN = "modelship_test_gc_kubernetes", "modelship_test_gc_k8s
 
 @pytest.fixture
 def namespace(k8s_cluster, registry: components.Registry, tmp_path: Path, monkeypatch) -> Iterator[str]:
-    conns = {
-        K8S_CONN: {"conn_type": "kubernetes", "extra": {"kube_config": k8s_cluster.kubeconfig.read_text()}},
-        REGISTRY_CONN: {"conn_type": "docker", "host": registry.address, "login": registry.username,
-                        "password": registry.password},  # fmt: skip
-    }
-    for conn_id, conn in conns.items():
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+    conns = components.airflow_connections({K8S_CONN: k8s_cluster.connection, REGISTRY_CONN: registry.connection})
+    for key, value in conns.items():
+        monkeypatch.setenv(key, value)
     name = f"modelship-test-gc-{uuid.uuid4().hex[:8]}"
     source = tmp_path / "source"
     source.mkdir()

@@ -25,7 +25,7 @@ from modelship.lineage import DeploymentRecord, ImageEvent, Quarantine
 from modelship.retention.policy import rollback_target
 from modelship.verdicts import NothingToDo
 from tests.plugins.conftest import new_container
-from tests.plugins.retention_support import World, make_world
+from tests.plugins.retention_support import World, applied, make_world
 
 pytest_plugins = ["images_fixtures"]
 pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.azurite]
@@ -55,14 +55,8 @@ def world(tmp_path, docker_client, docker_engine, registry, reg_conn, blob_env, 
                       MODELSHIP_KEEP_MODEL_VERSIONS=str(KEEP_MODELS),
                       MODELSHIP_REGISTRY_GC_COMMAND=gc_command)  # fmt: skip
     made.payload_size = PAYLOAD
-    for key, value in made.env.items():
-        monkeypatch.setenv(key, value)
-    yield made
-    port = made.env["MODELSHIP_DOCKER_DEPLOY_PORT"]
-    for container in docker_client.containers.list(all=True, filters={"label": f"io.modelship.port={port}"}):
-        container.remove(force=True)
-    for image in docker_client.images.list(filters={"label": f"io.modelship.model.name={made.model_name}"}):
-        docker_client.images.remove(image.id, force=True)
+    with applied(made, monkeypatch):
+        yield made
 
 
 def protected_now(world: World, images: list[ImageEvent], quarantines: list[Quarantine],

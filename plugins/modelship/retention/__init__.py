@@ -16,7 +16,7 @@ deleting; a failure on one item does not stop the rest and is reported at the en
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from modelship.lineage import DeploymentRecord, ImageEvent, Quarantine
@@ -54,39 +54,41 @@ def protect(
                   records=only(records, DeploymentRecord), unavailable=unavailable).as_dict()  # fmt: skip
 
 
-def prune_registry(protections: Mapping[str, Any], dry_run: bool = False) -> dict[str, Any]:
-    settings = Settings.get()
+def _pruned(dry_run: bool, prune: Callable[[Settings, Report], object]) -> dict[str, Any]:
+    """One area pruned on its own (a maintenance DAG step): a report of its own, finished as JSON."""
     report = Report(dry_run)
-    registry.prune(settings, Protections.from_dict(protections), report,
-                   keep=_keep(settings.keep_images, "MODELSHIP_KEEP_IMAGES"))  # fmt: skip
+    prune(Settings.get(), report)
     return report.finish()
+
+
+def prune_registry(protections: Mapping[str, Any], dry_run: bool = False) -> dict[str, Any]:
+    return _pruned(dry_run, lambda settings, report: registry.prune(
+        settings, Protections.from_dict(protections), report,
+        keep=_keep(settings.keep_images, "MODELSHIP_KEEP_IMAGES")))  # fmt: skip
 
 
 def prune_model_store(protections: Mapping[str, Any], dry_run: bool = False) -> dict[str, Any]:
-    settings = Settings.get()
-    report = Report(dry_run)
-    store.prune(settings, Protections.from_dict(protections), report,
-                keep=_keep(settings.keep_model_versions, "MODELSHIP_KEEP_MODEL_VERSIONS"))  # fmt: skip
-    return report.finish()
+    return _pruned(dry_run, lambda settings, report: store.prune(
+        settings, Protections.from_dict(protections), report,
+        keep=_keep(settings.keep_model_versions, "MODELSHIP_KEEP_MODEL_VERSIONS")))  # fmt: skip
 
 
 def prune_engine(protections: Mapping[str, Any], dry_run: bool = False) -> dict[str, Any]:
-    settings = Settings.get()
-    report = Report(dry_run)
-    keep = _keep(settings.keep_images, "MODELSHIP_KEEP_IMAGES")
-    engine.prune(settings, Protections.from_dict(protections), report, keep=keep, grace_hours=settings.gc_grace_hours)
-    return report.finish()
+    return _pruned(dry_run, lambda settings, report: engine.prune(
+        settings, Protections.from_dict(protections), report,
+        keep=_keep(settings.keep_images, "MODELSHIP_KEEP_IMAGES"), grace_hours=settings.gc_grace_hours))  # fmt: skip
 
 
 def prune_caches(store_report: Mapping[str, Any] | None, dry_run: bool = False) -> dict[str, Any]:
     """The cache folders; the model cache keeps what the store kept (the model-store step's report), else what
     the store holds now."""
-    settings = Settings.get()
-    report = Report(dry_run)
     kept = (store_report or {}).get("model_sha256s_kept")
-    shas = set(kept) if kept is not None else _store_sha256s(settings, report)
-    caches.prune(settings, report, max_idle_days=settings.cache_max_idle_days, model_sha256s=shas)
-    return report.finish()
+
+    def prune(settings: Settings, report: Report) -> None:
+        shas = set(kept) if kept is not None else _store_sha256s(settings, report)
+        caches.prune(settings, report, max_idle_days=settings.cache_max_idle_days, model_sha256s=shas)
+
+    return _pruned(dry_run, prune)
 
 
 def _store_sha256s(settings: Settings, report: Report) -> set[str] | None:
