@@ -33,17 +33,13 @@ from .model import Model
 bp = Blueprint("classifier", __name__)
 MODEL_KEY = "classifier.model"  # app.extensions key of the loaded Model
 # /score's answer as jsonify writes it (Flask's DefaultJSONProvider outside debug: sorted keys, compact
-# separators, ASCII, a trailing newline), with one encoder made once instead of one per call.
+# separators, ASCII, then a newline), with one encoder made once instead of one per call; tests/app/test_score.py
+# compares the bytes with jsonify's.
 _ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
 def _model() -> Model | None:
     return current_app.extensions.get(MODEL_KEY)
-
-
-def _json(payload: dict[str, Any]) -> Response:
-    """200 with `payload` as JSON, byte for byte what jsonify(**payload) answers (tests/app/test_score.py)."""
-    return Response(_ENCODE(payload) + "\n", mimetype="application/json")
 
 
 def _body(req: Request) -> bytes:
@@ -141,7 +137,7 @@ def _features(field: str, images: list[Any], config: Mapping[str, Any]) -> np.nd
 @bp.post("/score")
 def score() -> Response:
     # The request and the app once each: every use of Flask's `request` and `current_app` proxies looks
-    # them up again, and this is the route that answers nearly all traffic.
+    # them up again. (Most /score requests do not get here: fastpath.py answers those that succeed.)
     req, app = request._get_current_object(), current_app._get_current_object()
     if not req.is_json:
         raise UnsupportedMediaType("Content-Type must be application/json")
@@ -153,11 +149,15 @@ def score() -> Response:
         payload = json.loads(body)
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise BadRequest(f"malformed JSON: {exc}") from None
-    config = app.config
+    return Response(answer(model, payload, app.config), mimetype="application/json")
+
+
+def answer(model: Model, payload: Any, config: Mapping[str, Any]) -> str:
+    """The JSON text of /score's 200 for a parsed request body (both dialects), byte for byte what jsonify
+    writes; raises the 4xx HTTP exceptions above for what the client must fix. Counts the images scored."""
     field, images = _images(payload, config["MAX_IMAGES"])
     started = time.perf_counter()
     probabilities = model.predict(_features(field, images, config))
-    metrics.IMAGES.inc(len(images))
     labels = model.labels
     tops = [(row, np.argsort(-row, kind="stable")[:3]) for row in probabilities]
     if field == "input":
@@ -166,11 +166,14 @@ def score() -> Response:
         # precision of "probability" below (6 decimals of 0..1 are 4 decimals of 0..100).
         result = [[[labels[i], round(float(row[i]) * 100, 4)] for i in top] for row, top in tops]
         elapsed = round((time.perf_counter() - started) * 1000, 2)
-        return _json({"result": [result, f"Computed in {elapsed} ms"]})
-    predictions = [
-        {"top3": [{"label": labels[i], "probability": round(float(row[i]), 6)} for i in top]} for row, top in tops
-    ]
-    return _json({"model": {"name": model.name, "version": model.version}, "predictions": predictions})
+        text = _ENCODE({"result": [result, f"Computed in {elapsed} ms"]})
+    else:
+        predictions = [
+            {"top3": [{"label": labels[i], "probability": round(float(row[i]), 6)} for i in top]} for row, top in tops
+        ]
+        text = _ENCODE({"model": {"name": model.name, "version": model.version}, "predictions": predictions})
+    metrics.IMAGES.inc(len(images))  # last: nothing after it can fail, so a request is counted once
+    return text + "\n"
 
 
 @bp.get("/")
