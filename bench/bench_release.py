@@ -44,15 +44,12 @@ def serving_model(port: int) -> str:
 
 def window(load: ConstantLoad, start: float, end: float) -> dict[str, Any]:
     failed = load.failures(start, end)
-    kinds: dict[str, int] = {}
-    for request in failed:
-        kinds[request.detail] = kinds.get(request.detail, 0) + 1
     swap, steady = load.summary(start, end), load.summary(start - STEADY, start)
     return {
         "sent": swap["sent"],
         "failed": len(failed),
         "outage_s": (failed[-1].started - failed[0].started + 1 / RATE) if failed else 0.0,
-        "kinds": kinds,
+        "kinds": swap["errors"],
         "p99 steady ms": steady["p99_ms"],
         "p99 swap ms": swap["p99_ms"],
     }

@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -114,6 +115,10 @@ class ConstantLoad:
             "rate": round(len(sent) / seconds, 1) if seconds else 0.0,
             "p50_ms": round(1000 * statistics.median(times), 1) if times else float("nan"),
             "p99_ms": round(1000 * times[min(len(times) - 1, int(0.99 * len(times)))], 1) if times else float("nan"),
+            # what failed, by status or exception (a TimeoutError after `timeout` s is a starved server, a
+            # ConnectionResetError or ConnectionRefusedError a gap in serving), and when, relative to the first
+            "errors": dict(Counter(r.detail for r in sent if not r.ok)),
+            "failed_at_s": [round(r.started - sent[0].started, 2) for r in sent if not r.ok][:20],
         }
 
 

@@ -6,11 +6,12 @@
 2. **announce**: when it has, say so: the `image` event names the existing digest (`rebuilt: false`, nothing
    pushed), so a model rolled back to a version built before reaches the release in seconds. Otherwise:
 3. **checkout**: a clean checkout of that commit into a per-run workspace.
-4. **test**: the app's own tests, in an isolated environment cached by its requirements.
+4. **test**: the app's own tests, in a throwaway container with no credential, socket, host folder or network
+   (its test environment image is cached by the requirements: a commit that changes none installs nothing).
 5. **fetch_model**: the pinned model version, hashes verified (cached by manifest sha256).
-6. **build**: code + model in one image, OCI labels naming the commit and model.
+6. **build**: code + model in one image, OCI labels naming the commit and model (no registry login, no network).
 7. **smoke_test**: run it as production does; /readyz, /version and /score on a known digit.
-8. **push**: to the registry (credentials from the `modelship_registry` connection); emits the `image`
+8. **push**: to the registry (the only step logged in: the `modelship_registry` connection); emits the `image`
    event: repository, tag, digest, commit, model version and sha256, layers and bytes pushed.
 
 Started by the `commits` watcher (new commit on the configured branch), by the `model` Asset (model_refresh

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shlex
 import subprocess
 import sys
@@ -69,6 +70,24 @@ def airflow_settings(home: Path, port: int) -> dict[str, str]:
         "AIRFLOW__API__BASE_URL": base,
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
     }
+
+
+def airflow_passwords(path: Path, users: tuple[str, ...] = ("admin",)) -> Path:
+    """The simple auth manager's password file, written before the api-server starts: owner-only (0600) from the
+    moment it exists (write_atomic), a random password for each user. Left to the api-server, it is created with
+    the process's umask (world-readable as a rule) and the generated password is printed to its log. The
+    api-server keeps a file that names every user. Passwords already there are kept; the mode is made 0600."""
+    try:
+        known = json.loads(path.read_text() or "{}") if path.exists() else {}
+    except ValueError:
+        known = {}  # unreadable: the api-server would refuse it too; start over
+    missing = [user for user in users if user not in known]
+    if missing or not path.exists():
+        known.update({user: secrets.token_urlsafe(18) for user in missing})
+        write_atomic(path, json.dumps(known) + "\n", mode=0o600)
+    else:
+        path.chmod(0o600)  # a file from before: tightened
+    return path
 
 
 def connections(registry: Registry, azurite: Azurite) -> dict[str, str]:
@@ -135,6 +154,7 @@ class Stack:
         self.docker.start()
         print("importing the local base image (no registry to pull from)…", flush=True)
         self.docker.ensure_base_image()
+        self.heal_release()
         print(f"starting registry on {self.registry.address} (htpasswd auth)…", flush=True)
         self.registry.start()
         print(f"starting Azurite on 127.0.0.1:{AZURITE_PORT}…", flush=True)
@@ -143,6 +163,29 @@ class Stack:
         self.write_env_file(env)
         self._start_airflow(env)
         self._print_login()
+
+    def heal_release(self, port: int | None = None) -> str | None:
+        """Before anything else: a release cut off mid-swap (its worker killed, the machine restarted) can have
+        left the docker target's app stopped; start its last container again and wait until it serves
+        (DockerTarget.heal, which the next release would also run first). Its name, or None."""
+        # The target's module imports Airflow, which writes into $AIRFLOW_HOME (else ~/airflow): this stack's.
+        os.environ.setdefault("AIRFLOW_HOME", str(self.state / "airflow"))
+        from modelship.deploy.docker import DockerTarget
+        from modelship.settings import Settings
+
+        port = port or Settings.get().docker_deploy_port
+        client = self.docker.client()
+        try:
+            healed = DockerTarget(self.docker.url, port, client=client.api).heal()
+        except Exception as exc:  # the stack still comes up; the next release tries again and says why
+            print(f"warning: the app on 127.0.0.1:{port} is not serving and did not come back: {exc}", flush=True)
+            return None
+        finally:
+            client.close()
+        if healed:
+            print(f"the app on 127.0.0.1:{port} was not serving (a release cut off mid-swap): {healed} serves again",
+                  flush=True)  # fmt: skip
+        return healed
 
     def _start_airflow(self, env: dict[str, str]) -> None:
         url = f"http://127.0.0.1:{AIRFLOW_PORT}/api/v2/monitor/health"
@@ -164,6 +207,7 @@ class Stack:
         migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True)
         if migrate.returncode != 0:
             raise StackError(f"airflow db migrate failed:\n{migrate.stderr[-2000:]}")
+        airflow_passwords(self.passwords_file)
         print(f"starting Airflow (scheduler, dag-processor, triggerer, api-server on 127.0.0.1:{AIRFLOW_PORT})…")
         for proc, (_, args) in zip(self.airflow, AIRFLOW_COMPONENTS, strict=True):
             proc.spawn([airflow, *args], env=env, cwd=REPO_ROOT)

@@ -94,9 +94,11 @@ def api_server(state_dir: Path, name: str = "api-server") -> Iterator[dict[str, 
     import sys
 
     from devstack.process import Process
+    from devstack.stack import airflow_passwords
 
     port = net.free_port()
     home = Path(os.environ["AIRFLOW_HOME"])
+    airflow_passwords(home / "simple_auth_manager_passwords.json.generated")  # as `make up`: 0600, beforehand
     proc = Process(name, state_dir / name)
     venv_bin = Path(sys.executable).parent
     proc.spawn(
@@ -208,7 +210,19 @@ def chat_webhook() -> Iterator[Webhook]:
         server.server_close()
 
 
+def _hypothesis_profiles() -> None:
+    """Property-based tests draw the same examples on every run (CI runs them on every commit: a red build must
+    be the commit's, not a new random draw's), and replay nothing from a local example database. Each test's
+    own @settings inherit this; HYPOTHESIS_PROFILE=explore draws new examples, for a run meant to search."""
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+    settings.register_profile("explore", derandomize=False, database=None, print_blob=True)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    _hypothesis_profiles()
     # Airflow reads its configuration at import: point it at a private home before any test imports it.
     # A fresh home per session (SQLite), never a developer's ~/airflow or the `make up` stack's.
     if "MODELSHIP_TEST_AIRFLOW_HOME" not in os.environ:

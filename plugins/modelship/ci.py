@@ -119,6 +119,7 @@ def checkout(build: Build) -> Build:
 
 
 def test(build: Build) -> Build:
+    """The app's tests, in a throwaway container that reaches no credential, socket, folder or network."""
     settings = Settings.get()
     apptests.run(Path(build.workspace) / "src", settings.cache_dir)
     return build
@@ -135,9 +136,13 @@ def fetch_model(build: Build) -> Build:
 
 
 def build_image(build: Build) -> Build:
+    """Build through a client with no registry credential: the commit's Dockerfile runs here (with no network).
+    Only a base image the engine lacks is pulled with the registry connection, before the build."""
     settings = Settings.get()
     workspace = Path(build.workspace)
     app_dir = workspace / "src" / "app"
+    if app_dir.is_symlink():
+        raise images.ImageBuildError("app/ is a symbolic link in this commit: refusing to build from it")
     wheels = images.wheelhouse(app_dir / "requirements.txt", settings.cache_dir)
     context = images.build_context(app_dir, Path(build.model_dir), wheels, workspace / "context")
     lineage = images.Lineage(
@@ -148,14 +153,16 @@ def build_image(build: Build) -> Build:
         source=source.public_url(settings.source_repo),
     )
     local_tag = f"{settings.image_repository}:{build.tag}"
-    built = images.build_image(images.docker_hook(), context, local_tag, lineage.build_args(settings.base_image))
+    engine = images.engine_client()
+    images.ensure_base_image(engine, settings.base_image, settings.registry_conn_id)
+    built = images.build_image(engine, context, local_tag, lineage.build_args(settings.base_image))
     return build.replace(image_id=built.id, local_tag=local_tag)
 
 
 def smoke_test(build: Build) -> Build:
     png, label = images.sample_digit()
     images.smoke_test(
-        images.docker_hook(),
+        images.engine_client(),  # no registry credential: the image is local
         build.image_id,
         commit=build.commit,
         model_version=build.model_version,
@@ -167,7 +174,7 @@ def smoke_test(build: Build) -> Build:
 
 
 def push(build: Build) -> ImageEvent:
-    """Push the smoke-tested image; the `image` event, with what the push sent."""
+    """Push the smoke-tested image (the one step logged into the registry); the `image` event, with what it sent."""
     settings = Settings.get()
     pushed = images.push_image(
         images.docker_hook(),

@@ -48,8 +48,13 @@ def link_tree(
     *,
     ignore: Callable[[str, list[str]], set[str]] | None = IGNORED,
     counts: dict[str, int] | None = None,
+    symlinks: bool = False,
 ) -> Path:
-    """Copy the tree src to dst (which may exist: files already there are kept) by linking each file."""
+    """Copy the tree src to dst (which may exist: files already there are kept) by linking each file.
+
+    symlinks=True copies symbolic links as links. Use it for every tree a commit controls (a checkout): a
+    link to /any/host/file would otherwise be followed, and that file's bytes copied (or hard-linked) in.
+    """
 
     def copy(source: str, target: str) -> str:
         if not os.path.exists(target):
@@ -58,5 +63,5 @@ def link_tree(
                 counts["linked" if linked else "copied"] = counts.get("linked" if linked else "copied", 0) + 1
         return target
 
-    shutil.copytree(src, dst, ignore=ignore, copy_function=copy, dirs_exist_ok=True)
+    shutil.copytree(src, dst, symlinks=symlinks, ignore=ignore, copy_function=copy, dirs_exist_ok=True)
     return Path(dst)

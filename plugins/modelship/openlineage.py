@@ -92,8 +92,10 @@ def _dataset(namespace: str, name: str, version: str, dataset_type: str, **ident
 
 def git_namespace(source_repo: str) -> str:
     """``git://host/path`` for a URL (scheme and user dropped), ``git://<abs path>`` for a local checkout."""
+    from modelship.source import public_url
+
     if "://" in source_repo:
-        source_repo = source_repo.split("://", 1)[1].split("@", 1)[-1]
+        source_repo = public_url(source_repo).split("://", 1)[1]
     elif ":" in source_repo.split("/", 1)[0]:  # scp-like git@host:org/repo.git
         host, path = source_repo.split(":", 1)
         source_repo = f"{host.split('@', 1)[-1]}/{path}"

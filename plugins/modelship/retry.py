@@ -5,12 +5,17 @@ a timeout, a name that does not resolve yet), throttling (429), a server-side er
 cut mid-transfer. Those are retried here with exponential backoff and a bounded budget, and what is still
 failing after the budget becomes the step's error, which Airflow's own task retries may outlast.
 
+A full disk is transient too (NoSpace): the space may be freed (`modelship gc` prunes old images, model
+versions and caches), but not within seconds, so it is never retried in place: the step fails with a message
+saying where and how much is free, and Airflow's task retries (minutes apart) try again.
+
 Everything else is a *verdict* (modelship.verdicts): the tests are red, the model is below its gate, the
 image is missing. Asking again cannot change a verdict, so it is never retried anywhere.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Callable
@@ -29,6 +34,19 @@ class Transient(Exception):
     """Raise (or subclass) to mark a failure as worth a retry, e.g. "connection reset" inside a push stream."""
 
 
+class NoSpace(Transient, RuntimeError):
+    """No space left on a device a step writes to: transient (space can be freed), but not retried in place."""
+
+
+def no_space(failure: BaseException | str) -> bool:
+    """Whether a failure (an OSError, or an error a server reported as text) is "no space left on device"."""
+    if isinstance(failure, NoSpace):
+        return True
+    if isinstance(failure, OSError) and failure.errno == errno.ENOSPC:
+        return True
+    return "no space left on device" in str(failure).lower()
+
+
 def http_status(exc: BaseException) -> int | None:
     """The HTTP status an exception of requests, urllib3, azure-core, docker-py or the Kubernetes client carries."""
     for attr in ("status_code", "status"):
@@ -44,6 +62,8 @@ def is_transient(exc: BaseException) -> bool:
     """True for failures a retry can fix (see the module docstring), for every client modelship uses."""
     if isinstance(exc, Transient | ConnectionError | TimeoutError):
         return True
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True  # but see NoSpace: a step reports it as such, and nothing retries it in place
     module = type(exc).__module__.split(".")[0]
     status = http_status(exc)
     if module == "requests":
@@ -107,7 +127,7 @@ def call(
     level: int = logging.WARNING,
 ) -> T:
     """fn() until it succeeds. A transient failure is logged ("<what> failed (<error>); retry 1/4 in 0.5s") and
-    retried after the policy's backoff; a verdict, or the last transient failure, is raised as it is."""
+    retried after the policy's backoff; a verdict, a full disk, or the last transient failure is raised as it is."""
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -118,7 +138,8 @@ def call(
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(max(1, policy.attempts)),
         wait=tenacity.wait_exponential(multiplier=policy.base, exp_base=2, max=policy.max_delay),
-        retry=tenacity.retry_if_exception(transient),
+        # A full disk is not freed within seconds: it goes to the task's retries at once (NoSpace).
+        retry=tenacity.retry_if_exception(lambda exc: transient(exc) and not no_space(exc)),
         before_sleep=before_sleep,
         sleep=sleep,
         reraise=True,

@@ -75,6 +75,18 @@ class Settings:
     # Local state: per-run workspaces, caches (model cache, wheelhouse, test environments).
     state_dir: Path  # MODELSHIP_STATE
 
+    # The app's tests (modelship.apptests): a throwaway container with no network and these limits.
+    apptests_memory: str = "3g"  # MODELSHIP_APPTESTS_MEMORY: memory (and memory+swap) of the test container
+    apptests_cpus: float = 2.0  # MODELSHIP_APPTESTS_CPUS: CPUs the tests may use
+    apptests_pids: int = 1024  # MODELSHIP_APPTESTS_PIDS: processes and threads the tests may start
+    apptests_timeout: float = 1200.0  # MODELSHIP_APPTESTS_TIMEOUT: seconds before the tests are killed (red)
+    # MODELSHIP_APPTESTS_ALLOW_SDIST=1: the test requirements may be source packages. Their setup.py then runs
+    # while the test environment is built: inside the image build (uid 10001, no credentials, no mounts), but on
+    # the host network, which the install needs to reach MODELSHIP_APPTESTS_INDEX_URL. Off: wheels only, and
+    # the build has no network at all. docs/security.md, "Containment".
+    apptests_allow_sdist: bool = False
+    apptests_index_url: str = "https://pypi.org/simple"  # MODELSHIP_APPTESTS_INDEX_URL: for sdists; no credential
+
     # Retention (modelship.retention: `modelship gc`, the maintenance DAG). What serves, is promoted, quarantined,
     # a rollback target or the desired state is always kept on top of these.
     keep_images: int = 10  # MODELSHIP_KEEP_IMAGES: newest app images kept in the registry and on the engine
@@ -127,6 +139,12 @@ class Settings:
             approval_timeout=float(_env("MODELSHIP_APPROVAL_TIMEOUT", str(24 * 3600))),
             notify_email=_names(_env("MODELSHIP_NOTIFY_EMAIL", "")),
             state_dir=state,
+            apptests_memory=_env("MODELSHIP_APPTESTS_MEMORY", "3g"),
+            apptests_cpus=float(_env("MODELSHIP_APPTESTS_CPUS", "2")),
+            apptests_pids=int(_env("MODELSHIP_APPTESTS_PIDS", "1024")),
+            apptests_timeout=float(_env("MODELSHIP_APPTESTS_TIMEOUT", "1200")),
+            apptests_allow_sdist=_env("MODELSHIP_APPTESTS_ALLOW_SDIST", "0").lower() in ("1", "true", "yes", "on"),
+            apptests_index_url=_env("MODELSHIP_APPTESTS_INDEX_URL", "https://pypi.org/simple"),
             keep_images=int(_env("MODELSHIP_KEEP_IMAGES", "10")),
             keep_model_versions=int(_env("MODELSHIP_KEEP_MODEL_VERSIONS", "5")),
             cache_max_idle_days=float(_env("MODELSHIP_CACHE_MAX_IDLE_DAYS", "14")),

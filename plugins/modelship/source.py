@@ -6,7 +6,12 @@ this project's own repository, so the embedded default builds its own app/. A ba
 the cache folder and fetched incrementally: checkouts and the branch's history read it locally.
 
 Failures are classified (modelship.retry, modelship.verdicts): the remote not answering is transient and
-retried; a commit that is not in the repository, or is not a commit at all, is a verdict.
+retried; a commit that is not in the repository, or is not a commit at all, is a verdict; refused credentials
+are not retried in place.
+
+Credentials in the URL (``https://user:token@host/repo``) never reach a command line, a log, a file or an
+artifact: git is given the URL without them (`public_url`) and gets them from a credential helper that reads
+them from its environment, which only the git process and its children can read (`_git_environment`).
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import os
 import re
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
@@ -47,6 +53,16 @@ class CommitNotFound(SourceError, Verdict):
     """The commit (or branch) is not in the repository, or is not a commit sha: asking again cannot help."""
 
 
+# What git says when the remote refused the credentials (or wanted some and had none): not retried in place.
+_REFUSED = ("authentication failed", "could not read username", "could not read password", "the requested url "
+            "returned error: 403", "terminal prompts disabled")  # fmt: skip
+# The credential helper: a shell function (printf is a builtin: no process carries the secret in its argv).
+_HELPER = (
+    '!f() { test "$1" = get && printf "username=%s\\npassword=%s\\n" '
+    '"$MODELSHIP_GIT_USERNAME" "$MODELSHIP_GIT_PASSWORD"; }; f'
+)
+
+
 def public_url(repo: str) -> str:
     """The repository URL without credentials (``https://token@host/x`` → ``https://host/x``): what may go into
     logs, image labels, /version and lineage. Paths and scp-like addresses (git@host:org/repo) are unchanged."""
@@ -59,24 +75,68 @@ def public_url(repo: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
-def _git(*args: str, cwd: Path | None = None, timeout: float = 120, error: type[SourceError] = SourceError) -> str:
+def with_credentials(repo: str) -> str:
+    """The configured source URL, credentials included, when `repo` is its public form; else `repo` itself.
+    What is stored without the credentials (a trigger's arguments) finds them again here, at run time."""
+    from modelship.settings import Settings
+
+    configured = Settings.get().source_repo
+    return configured if public_url(configured) == repo else repo
+
+
+def _credentials(repo: str) -> dict[str, str]:
+    """The user and password an http(s) URL carries, as the credential helper's environment ({} for none)."""
+    if "://" not in repo:
+        return {}
+    parts = urlsplit(repo)
+    if parts.scheme not in ("http", "https") or (parts.username is None and parts.password is None):
+        return {}
+    return {"MODELSHIP_GIT_USERNAME": unquote(parts.username or ""),
+            "MODELSHIP_GIT_PASSWORD": unquote(parts.password or "")}  # fmt: skip
+
+
+def _git_environment(credentials: dict[str, str]) -> dict[str, str]:
+    """git's environment: never a prompt; with credentials, only our helper (config from the environment, git
+    >= 2.31: the helper list reset, then ours), so no other helper stores or offers them."""
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    if credentials:
+        env.update(credentials)
+        env.update({"GIT_CONFIG_COUNT": "2", "GIT_CONFIG_KEY_0": "credential.helper", "GIT_CONFIG_VALUE_0": "",
+                    "GIT_CONFIG_KEY_1": "credential.helper", "GIT_CONFIG_VALUE_1": _HELPER})  # fmt: skip
+    return env
+
+
+def _git(
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 120,
+    error: type[SourceError] = SourceError,
+    credentials: dict[str, str] | None = None,
+) -> str:
     try:
-        done = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
+                              env=_git_environment(credentials or {}))  # fmt: skip
     except subprocess.TimeoutExpired as exc:
         raise SourceUnavailable(f"git {args[0]} timed out after {timeout:.0f}s") from exc
     if done.returncode != 0:
         said = (done.stderr.strip() or done.stdout.strip()).replace("\n", " ")
+        for secret in (credentials or {}).values():  # git never prints them; should it ever, not here either
+            if secret:
+                said = said.replace(secret, "***")
         shown = " ".join(public_url(a) for a in args[:2])
+        if error is SourceUnavailable and any(sign in said.lower() for sign in _REFUSED):
+            error = SourceError  # refused: asking again with the same credentials cannot help
         raise error(f"git {shown} failed: {said}")
     return done.stdout
 
 
 def _remote(command: str, repo: str, *args: str, cwd: Path | None = None, timeout: float = 120) -> str:
-    """`git <command> [args…] <repo> …` talks to the remote: its failures are transient, retried with backoff."""
+    """`git <command> [args…]`, "{remote}" among args standing for the remote: its failures are transient,
+    retried with backoff. git sees the URL without credentials; they reach it through the helper's environment."""
+    argv = [public_url(repo) if arg == "{remote}" else arg for arg in args]
+    credentials = _credentials(repo)
     return retry.call(
-        lambda: _git(command, *args, cwd=cwd, timeout=timeout, error=SourceUnavailable),
+        lambda: _git(command, *argv, cwd=cwd, timeout=timeout, error=SourceUnavailable, credentials=credentials),
         f"git {command} {public_url(repo)}",
         policy=FETCH_POLICY,
         logger=log,
@@ -85,7 +145,7 @@ def _remote(command: str, repo: str, *args: str, cwd: Path | None = None, timeou
 
 def head_commit(repo: str, branch: str) -> str:
     """The newest commit of `branch` in `repo` (no clone needed)."""
-    out = _remote("ls-remote", repo, repo, f"refs/heads/{branch}")
+    out = _remote("ls-remote", repo, "{remote}", f"refs/heads/{branch}")
     if not out.strip():
         raise CommitNotFound(f"branch {branch!r} not found in {public_url(repo)}")
     return out.split()[0]
@@ -100,13 +160,14 @@ def _locked(path: Path) -> Iterator[None]:
 
 def mirror(repo: str, cache_dir: Path) -> Path:
     """A bare mirror of `repo`'s branches under cache_dir/git, fetched now (only what is new travels)."""
-    path = Path(cache_dir) / "git" / (hashlib.sha256(repo.encode()).hexdigest()[:16] + ".git")
+    # Keyed by the URL without credentials: a rotated token keeps its mirror.
+    path = Path(cache_dir) / "git" / (hashlib.sha256(public_url(repo).encode()).hexdigest()[:16] + ".git")
     if not (path / "HEAD").exists():
         with atomic_dir(path, keep_existing=True) as staging:
             _git("init", "-q", "--bare", str(staging))
     with _locked(path / "modelship.lock"):
-        _remote("fetch", repo, "--quiet", "--prune", "--no-tags", repo, "+refs/heads/*:refs/heads/*", cwd=path,
-                timeout=600)  # fmt: skip
+        _remote("fetch", repo, "--quiet", "--prune", "--no-tags", "{remote}", "+refs/heads/*:refs/heads/*",
+                cwd=path, timeout=600)  # fmt: skip
     return path
 
 
@@ -136,7 +197,8 @@ def checkout(repo: str, commit: str, dest: Path, cache_dir: Path | None = None) 
         if cache_dir is not None:
             _git("fetch", "-q", "--no-tags", source, "+refs/heads/*:refs/remotes/origin/*", cwd=tmp, timeout=600)
         else:
-            _remote("fetch", repo, "-q", "--no-tags", repo, "+refs/heads/*:refs/remotes/origin/*", cwd=tmp, timeout=600)
+            _remote("fetch", repo, "-q", "--no-tags", "{remote}", "+refs/heads/*:refs/remotes/origin/*", cwd=tmp,
+                    timeout=600)  # fmt: skip
         try:
             full = _git("rev-parse", "--verify", f"{commit}^{{commit}}", cwd=tmp).strip()
         except SourceError:
@@ -154,12 +216,13 @@ class NewCommitTrigger(BaseEventTrigger):
     """Fires once for every new head commit of a branch: the `commits` Asset's watcher starts CI.
 
     The last commit it fired for is kept in the Asset's state store, so a restarted triggerer does not
-    start CI again for a commit it already announced.
+    start CI again for a commit it already announced. Its arguments are stored (Airflow's trigger table, the
+    serialized DAG), so the repository is kept without credentials; they are looked up when it polls.
     """
 
     def __init__(self, repo: str, branch: str, poll_interval: float = 30.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.repo = repo
+        self.repo = public_url(repo)
         self.branch = branch
         self.poll_interval = poll_interval
 
@@ -182,7 +245,7 @@ class NewCommitTrigger(BaseEventTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         while True:
             try:
-                commit = await asyncio.to_thread(head_commit, self.repo, self.branch)
+                commit = await asyncio.to_thread(head_commit, with_credentials(self.repo), self.branch)
             except SourceError as exc:
                 self.log.warning("cannot read %s@%s (will retry): %s", public_url(self.repo), self.branch, exc)
             else:

@@ -114,3 +114,8 @@ def test_with_an_approval_target_deploy_waits_for_airflows_approval_operator(mon
     # The gated DAG meets the same rules as every other (owner, retries with backoff, timeouts).
     (tmp_path / "release.py").symlink_to(DAGS / "release.py")
     assert problems(tmp_path) == []
+
+
+def test_releases_run_one_at_a_time(monkeypatch) -> None:
+    """Two releases at once would race each other's swap (docker) or rollout (kubernetes) on the same target."""
+    assert _release(monkeypatch, "").max_active_runs == 1

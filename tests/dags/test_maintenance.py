@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from modelship import net
-from tests.e2e.pipeline import run_dag, task_states
+from tests.e2e.pipeline import run_dag, task_states, why
 from tests.plugins.retention_support import World, applied, make_world, old_entry
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
@@ -56,7 +56,7 @@ def test_the_maintenance_dag_prunes_by_the_events_in_airflow_and_its_dry_run_del
     stale_env = old_entry(world.root / "cache" / "testenv" / "0123456789abcdef", days=30)
 
     dry = run_dag("maintenance", {"dry_run": True})  # also registers the Assets it reads
-    assert str(dry.state) == "success", task_states(dry)
+    assert str(dry.state) == "success", why(dry)
     assert len(world.tags()) == 4 and world.versions() == ["v0", "v1", "v2"] and stale_env.exists()
 
     for event in (rolled_back_to, quarantined, unprotected, newest):
@@ -67,7 +67,7 @@ def test_the_maintenance_dag_prunes_by_the_events_in_airflow_and_its_dry_run_del
 
     run = run_dag("maintenance", {"dry_run": False})
 
-    assert str(run.state) == "success", task_states(run)
+    assert str(run.state) == "success", why(run)
     assert set(task_states(run).values()) == {"success"}, task_states(run)
     assert [world.in_registry(e) for e in (rolled_back_to, quarantined, unprotected, newest)] == [True, True, False,
                                                                                                    True]  # fmt: skip

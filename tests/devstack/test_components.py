@@ -71,3 +71,29 @@ def test_an_engine_killed_outright_leaves_nothing_that_blocks_a_restart_or_remov
         assert not [line for line in mounts if line.split()[1].startswith(data)]
     shutil.rmtree(tmp_path / "docker")
     assert not (tmp_path / "docker").exists()
+
+
+def test_the_listener_check_sees_a_socket_on_all_interfaces() -> None:
+    """The check below can fail: a socket bound to 0.0.0.0 by this process is reported."""
+    import os
+    import socket
+
+    from tests.listeners import not_loopback
+
+    with socket.create_server(("0.0.0.0", 0)) as server:
+        port = server.getsockname()[1]
+        assert (os.getpid(), "0.0.0.0", port) in not_loopback([os.getpid()])
+
+
+def test_every_stand_in_listens_on_loopback_only(
+    registry: components.Registry, azurite: components.Azurite, docker_engine: components.DockerEngine
+) -> None:
+    from tests.listeners import listening, not_loopback, pids_in_session
+
+    for component in (registry, azurite, docker_engine):
+        pids = pids_in_session(component.proc.pid())  # the server and its children (containerd, node workers)
+        assert pids, component
+        assert not_loopback(pids) == [], component
+    # They do listen (on loopback): the check looked at the right processes.
+    assert {port for _, _, port in listening(pids_in_session(registry.proc.pid()))} >= {registry.port}
+    assert {port for _, _, port in listening(pids_in_session(azurite.proc.pid()))} >= {azurite.port}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import yaml
 from devstack import compose as distributed
 from devstack import images as devimages
 from tests.distributed.conftest import ENABLED, REPO
+from tests.pswatch import shown_by_ps
 
 BRIDGE_FILE = REPO / "docker-compose.bridge.yml"
 SERVICES = {
@@ -93,7 +95,10 @@ def test_the_azure_stand_ins_listen_where_the_connections_point(
     # The htpasswd file mounted into the registry holds the connection's user, and checks its password.
     [mount] = [v for v in services["registry"]["volumes"] if v.endswith(":/auth/htpasswd:ro")]
     htpasswd, login = mount.split(":")[0], generated.stack.registry
-    check = subprocess.run(["htpasswd", "-vb", htpasswd, login.username, login.password], capture_output=True)
+    assert stat.S_IMODE(Path(htpasswd).parent.stat().st_mode) == 0o700  # the host's other users cannot read it
+    # -i: the password on stdin (-b would put it on the command line, where `ps` shows it to every user).
+    check = subprocess.run(["htpasswd", "-vi", htpasswd, login.username], input=login.password.encode(),
+                           capture_output=True)  # fmt: skip
     assert check.returncode == 0, check.stderr
     command = services["azurite"]["command"]
     assert command[command.index("--blobHost") + 1] == "127.0.0.1"
@@ -103,6 +108,37 @@ def test_the_azure_stand_ins_listen_where_the_connections_point(
         depends = services[worker]["depends_on"]
         assert depends["registry"]["condition"] == depends["azurite"]["condition"] == "service_healthy"
         assert depends["airflow-init"]["condition"] == "service_completed_successfully"
+
+
+@pytest.mark.parametrize("bridge", [False, True], ids=["host-network", "bridge-override"])
+def test_redis_gets_its_password_from_a_file_never_from_a_command_line(
+    bridge: bool, resolved: dict[str, Any], compose_bin: str, generated: distributed.Distributed, tmp_path: Path
+) -> None:
+    """The redis service's own command, run by a shell as in the container, with a stand-in redis-server that
+    records what it was given: no command line held the password (sampled throughout), the config file did."""
+    if bridge:
+        done = config(compose_bin, generated, distributed.COMPOSE_FILE, BRIDGE_FILE)
+        assert done.returncode == 0, done.stderr
+        resolved = yaml.safe_load(done.stdout)
+    redis = resolved["services"]["redis"]
+    password = redis["environment"]["REDIS_PASSWORD"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_in = bin_dir / "redis-server"
+    stand_in.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/argv\ncp "$1" {tmp_path}/conf\n'
+                        f'stat -c %a "$1" > {tmp_path}/mode\nsleep 0.2\n')  # fmt: skip
+    stand_in.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "REDIS_PASSWORD": password, "TMPDIR": str(tmp_path)}
+    with shown_by_ps([password]) as seen:
+        # `config` prints $$ as it is; the container gets one $ (compose's escape), as here.
+        command = [arg.replace("$$", "$") for arg in redis["command"]]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert seen.found == {} and seen.samples > 5, seen
+    argv = (tmp_path / "argv").read_text()
+    assert password not in argv and "--appendonly\nyes" in argv, argv
+    assert (tmp_path / "conf").read_text() == f"requirepass {password}\n"
+    assert (tmp_path / "mode").read_text().strip() == "600"
 
 
 def test_two_workers_with_distinct_hostnames_and_no_log_server(resolved: dict[str, Any]) -> None:

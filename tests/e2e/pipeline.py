@@ -3,7 +3,11 @@ commits, and stand in for a ci run that pushed an image which turns out broken i
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +18,38 @@ def git(*args: str, cwd: Path = REPO) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
+# What each dag.test() run printed, by run_id: a red fixture's assertion names the failing step's own error,
+# so a ci log that shows only the head of a failure still says why (pytest's captured output comes later).
+_PRINTED: dict[str, str] = {}
+_ERROR_LINE = re.compile(r"\[(error|critical)\s*\]|Traceback|Error\b|Exception\b|[A-Z][a-z]+Failed\b")
+
+
 def run_dag(dag_id: str, conf: dict[str, Any] | None = None):
     """dag.test() of a DAG from dags/: the real task code, in-process, against the session's DB."""
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(REPO / "dags" / f"{dag_id}.py"), safe_mode=False)
     assert not bag.import_errors, bag.import_errors
-    return bag.get_dag(dag_id).test(run_conf=conf or {})
+    # At the file-descriptor level: Airflow's task loggers hold the stream they were configured with.
+    with tempfile.TemporaryFile() as sink:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            run = bag.get_dag(dag_id).test(run_conf=conf or {})
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in zip((1, 2), saved, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            printed = sink.read().decode(errors="replace")
+            sys.stdout.write(printed)  # still in pytest's captured output, whole
+    _PRINTED[run.run_id] = printed
+    return run
 
 
 def task_states(dag_run) -> dict[str, str]:
@@ -28,6 +57,12 @@ def task_states(dag_run) -> dict[str, str]:
 
     with create_session() as session:
         return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances(session=session)}
+
+
+def why(dag_run) -> str:
+    """For an assertion message: the task states, then the error lines the run printed (the last 25)."""
+    errors = [line[:300] for line in _PRINTED.get(dag_run.run_id, "").splitlines() if _ERROR_LINE.search(line)]
+    return "\n".join([str(task_states(dag_run)), *errors[-25:]])
 
 
 def asset_events(name: str) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from modelship import net
-from tests.e2e.pipeline import asset_events, run_dag, task_states
+from tests.e2e.pipeline import asset_events, run_dag, task_states, why
 from tests.e2e.test_release_dag import cli
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.azurite]
@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.azurite]
 @pytest.fixture(scope="module")
 def gated(ci_v1, pipeline_env, docker_client, airflow_rest):
     commit, ci_run = ci_v1
-    assert str(ci_run.state) == "success", task_states(ci_run)
+    assert str(ci_run.state) == "success", why(ci_run)
     image = [e for e in asset_events("image") if e["commit"] == commit and e["model_version"] == "v1"][-1]
     port = net.free_port()
     with pytest.MonkeyPatch.context() as mp:

@@ -8,7 +8,7 @@ import pytest
 
 from modelship.lineage import LABEL_MODEL_SHA256, LABEL_MODEL_VERSION, LABEL_REVISION
 from modelship.registry import RegistryClient
-from tests.e2e.pipeline import asset_events, clone_with_commit, run_dag, task_states
+from tests.e2e.pipeline import asset_events, clone_with_commit, run_dag, task_states, why
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.azurite]
 
@@ -26,7 +26,7 @@ def first_run(ci_v1):
 
 def test_ci_pushes_an_image_whose_labels_and_asset_event_name_commit_and_model(first_run) -> None:
     commit, dag_run = first_run
-    assert str(dag_run.state) == "success", task_states(dag_run)
+    assert str(dag_run.state) == "success", why(dag_run)
     tag = f"{commit[:12]}-v1"
     registry = registry_client()
     digest = registry.digest(REPOSITORY, tag)

@@ -24,7 +24,7 @@ import requests
 
 from devstack.screenshots import Page, chromium
 from modelship import net
-from tests.e2e.pipeline import REPO, announce_image, asset_events, git, push_broken, run_dag, task_states
+from tests.e2e.pipeline import REPO, announce_image, asset_events, git, push_broken, run_dag, why
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.azurite]
 
@@ -36,7 +36,7 @@ def story(ci_v1, pipeline_env, trained, tmp_path_factory, docker_client, registr
     from modelship.model_store import open_store
 
     commit, ci_run = ci_v1
-    assert str(ci_run.state) == "success", task_states(ci_run)
+    assert str(ci_run.state) == "success", why(ci_run)
     source = tmp_path_factory.mktemp("ui-source") / "repo"
     git("clone", "-q", "--no-hardlinks", str(REPO), str(source))
     git("checkout", "-q", "-B", "main", commit, cwd=source)
@@ -62,7 +62,7 @@ def story(ci_v1, pipeline_env, trained, tmp_path_factory, docker_client, registr
         assert str(released("v1").state) == "success"
         store.promote("digits", "v2")
         built = run_dag("ci", {"commit": commit})
-        assert str(built.state) == "success", task_states(built)
+        assert str(built.state) == "success", why(built)
         out["v2_image"] = [e for e in asset_events("image") if e["commit"] == commit and e["model_version"] == "v2"][-1]
         assert str(released("v2").state) == "success"
 
@@ -75,7 +75,7 @@ def story(ci_v1, pipeline_env, trained, tmp_path_factory, docker_client, registr
         announce_image({**v2, "tag": tag, "digest": out["broken"], "model_version": "v3", "model_sha256": v3_sha,
                         "rebuilt": True})  # fmt: skip
         broken_run = released("v3")
-        assert str(broken_run.state) == "failed", task_states(broken_run)
+        assert str(broken_run.state) == "failed", why(broken_run)
         out["v1_image"] = [e for e in asset_events("image") if e["commit"] == commit and e["model_version"] == "v1"][-1]
 
         with start_api_server("api-server-ui") as rest:

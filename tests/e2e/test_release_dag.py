@@ -31,7 +31,7 @@ import pytest
 
 from bench.load import ConstantLoad, sample_request
 from modelship.history import parse_time
-from tests.e2e.pipeline import announce_image, asset_events, commit_to, push_broken, run_dag, task_states
+from tests.e2e.pipeline import announce_image, asset_events, commit_to, push_broken, run_dag, task_states, why
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.azurite]
 LOAD_RATE = 60.0  # requests a second, each on a new connection, during the releases under load
@@ -70,7 +70,7 @@ def story(ci_v1, pipeline_env, trained, tmp_path_factory, docker_client, registr
 
     port = pipeline_env["MODELSHIP_DOCKER_DEPLOY_PORT"]
     commit, ci_run = ci_v1
-    assert str(ci_run.state) == "success", task_states(ci_run)
+    assert str(ci_run.state) == "success", why(ci_run)
     store = open_store()
     out: dict[str, Any] = {"commit": commit, "served": [], "load": {}}
 

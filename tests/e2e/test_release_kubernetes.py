@@ -23,7 +23,7 @@ import pytest
 from bench.load import ConstantLoad, sample_request
 from modelship import net
 from modelship.history import parse_time
-from tests.e2e.pipeline import REPO, announce_image, asset_events, git, push_broken, run_dag, task_states
+from tests.e2e.pipeline import REPO, announce_image, asset_events, git, push_broken, run_dag, task_states, why
 from tests.k8s.conftest import local_overlay_on
 
 pytest_plugins = ["tests.k8s.conftest"]
@@ -100,7 +100,7 @@ def story(cluster_env, trained, docker_client, registry) -> dict[str, Any]:
 
     def ci() -> dict[str, Any]:
         run = run_dag("ci", {"commit": commit})
-        assert str(run.state) == "success", task_states(run)
+        assert str(run.state) == "success", why(run)
         return asset_events("image")[-1]
 
     for version in ("v1", "v2"):
@@ -108,7 +108,7 @@ def story(cluster_env, trained, docker_client, registry) -> dict[str, Any]:
         store.promote("digits", version)
         out[version] = ci()
         run = released() if version == "v1" else released_under_load(version)  # v1: nothing served before
-        assert str(run.state) == "success", task_states(run)
+        assert str(run.state) == "success", why(run)
 
     store.publish(trained["v3"])
     store.promote("digits", "v3")
@@ -174,6 +174,6 @@ def test_a_crash_looping_image_is_rolled_back_within_90_seconds_of_the_release_s
 
 
 def test_a_fixed_version_is_released_after_the_quarantine(story) -> None:
-    assert str(story["v4_run"].state) == "success", task_states(story["v4_run"])
+    assert str(story["v4_run"].state) == "success", why(story["v4_run"])
     _, now = story["served"][4]
     assert now["image_digest"] == story["v4"]["digest"] and now["model_version"] == "v4"

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from devstack import process
-from devstack.stack import AIRFLOW_COMPONENTS, airflow_settings
+import requests
+
+from devstack import components, process
+from devstack.stack import AIRFLOW_COMPONENTS, airflow_passwords, airflow_settings
 from modelship import airflow_api, net
 from modelship.airflow_api import AirflowAPI
+from modelship.registry import RegistryClient
 
 
 def try_numbers(dag_run) -> dict[str, int]:
@@ -43,6 +48,37 @@ def quick_commits(clone: Path, count: int = 1) -> list[str]:
         git(*who, "commit", "-qam", f"commit {number}", cwd=clone)
         commits.append(git("rev-parse", "HEAD", cwd=clone))
     return commits
+
+
+# --- images to push -----------------------------------------------------------------------------------------------
+
+
+def unique_image(docker_client, tmp_path: Path, megabytes: int = 4) -> str:
+    """A small image with a layer of random bytes (never in the registry yet: it must really be sent)."""
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        dockerfile = b"FROM scratch\nCOPY payload /payload\n"  # one layer, and only ours
+        for name, data in (("Dockerfile", dockerfile), ("payload", os.urandom(megabytes << 20))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    image, _ = docker_client.images.build(fileobj=context, custom_context=True, network_mode="host", rm=True)
+    return image.id
+
+
+def image_is_whole(registry: components.Registry, repository: str, tag: str, digest: str) -> None:
+    """The tag names `digest`, and the manifest's config and every layer are in the registry."""
+    client = RegistryClient(registry.address, registry.username, registry.password)
+    try:
+        assert client.digest(repository, tag) == digest
+        manifest = client._request("GET", f"/v2/{repository}/manifests/{digest}", repository).json()
+    finally:
+        client.close()
+    auth = (registry.username, registry.password)
+    for blob in [manifest["config"], *manifest["layers"]]:
+        url = f"http://{registry.address}/v2/{repository}/blobs/{blob['digest']}"
+        assert requests.head(url, auth=auth, timeout=10).status_code == 200, blob
 
 
 # --- scanning for credentials ------------------------------------------------------------------------------
@@ -107,6 +143,7 @@ class AirflowStack:
         self.home.mkdir(parents=True, exist_ok=True)
         migrate = subprocess_run([airflow, "db", "migrate"], self.env)
         assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-3000:]
+        airflow_passwords(self.home / airflow_api.PASSWORDS_FILE)  # as `make up`: 0600, before the api-server
         for proc in self.procs:
             name = proc.name.removeprefix("airflow-")
             if name != "triggerer":

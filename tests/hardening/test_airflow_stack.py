@@ -7,7 +7,8 @@ time, in-process, writes no task log files and masks nothing.
   no-credential login routes are closed; a token from POST /auth/token opens the REST API and the UI.
 - Secrets: a task that logs connection secrets the careless way gets them masked in its log *file*; after
   real ci and release runs, no log under AIRFLOW_HOME holds the registry password or the storage key, and
-  neither does an image the ci pipeline built.
+  neither does an image the ci pipeline built. The admin password file is owner-only and the password never
+  printed; no process's command line (what `ps` shows every user) held a password while all this ran.
 - Concurrency: two ci runs (two commits) and a release triggered at once through the REST API leave one
   tag per commit whose labels name that commit, `image` events whose digests are the registry's, and a
   `deployment` event naming a digest the registry has.
@@ -36,6 +37,7 @@ from modelship.registry import RegistryClient
 from tests.e2e.pipeline import REPO
 from tests.hardening.support import AirflowStack, image_leaks, leaks, quick_commits
 from tests.plugins.deploy_fixtures import Standin, build_standin
+from tests.pswatch import Sightings, shown_by_ps
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.azurite]
 
@@ -83,6 +85,7 @@ class World:
     model_sha256: str
     deploy_port: int
     registry: components.Registry
+    ps: Sightings  # command lines holding a password, sampled from before the start until the module ends
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +130,15 @@ def world(
     probe = root / "hardening_secrets_probe.py"
     probe.write_text(PROBE_DAG)
     stack = AirflowStack(root, [REPO / "dags" / "ci.py", REPO / "dags" / "release.py", probe], env)
+    passwords = [registry.password, components.AZURITE_KEY]
     try:
-        stack.start(["ci", "release", "hardening_secrets_probe"])
-        yield World(stack, commits, standin, digest, manifest_sha256(hardening_model), deploy_port, registry)
+        # Every 20 ms for the whole module (short-lived commands are proven one by one elsewhere, e.g.
+        # test_source_credentials.py); the admin password joins the list once the stack has written it.
+        with shown_by_ps(passwords, interval=0.02) as ps:
+            stack.start(["ci", "release", "hardening_secrets_probe"])
+            admin = stack.home / "simple_auth_manager_passwords.json.generated"
+            passwords.append(json.loads(admin.read_text())["admin"])
+            yield World(stack, commits, standin, digest, manifest_sha256(hardening_model), deploy_port, registry, ps)
     finally:
         stack.stop()
         for leftover in docker_client.containers.list(all=True, filters={"label": f"io.modelship.port={deploy_port}"}):
@@ -283,3 +292,26 @@ def test_connection_secrets_logged_by_a_task_are_masked_in_its_log_file(world: W
     # that file is readable by its owner only, like the connections themselves.
     scheduler_log = world.stack.home / "airflow-scheduler.log"
     assert stat.S_IMODE(scheduler_log.stat().st_mode) == 0o600
+
+
+def test_the_admin_password_file_is_owner_only_and_the_password_never_printed(world: World) -> None:
+    passwords = world.stack.home / "simple_auth_manager_passwords.json.generated"
+    assert stat.S_IMODE(passwords.stat().st_mode) == 0o600  # written before the api-server, as `make up` does
+    admin = json.loads(passwords.read_text())["admin"]
+    logs = {p.name: p.read_text(errors="replace") for p in world.stack.home.glob("airflow-*.log")}
+    assert "airflow-api-server.log" in logs
+    assert {name for name, text in logs.items() if admin in text or "Password for user" in text} == set()
+
+
+def test_no_command_line_showed_a_password_while_the_stack_started_and_ran(world: World, concurrent_runs) -> None:
+    assert world.ps.samples > 100 and world.ps.processes > 1000, world.ps  # it did look, throughout
+    assert world.ps.found == {}
+
+
+def test_every_airflow_component_listens_on_loopback_only(world: World) -> None:
+    """What `make up` starts one by one (not `airflow standalone`) so that no log server binds all interfaces."""
+    from tests.listeners import listening, not_loopback, pids_in_session
+
+    pids = [member for proc in world.stack.procs if (leader := proc.pid()) for member in pids_in_session(leader)]
+    assert pids and not_loopback(pids) == []
+    assert world.stack.port in {port for _, _, port in listening(pids)}  # the api-server, on 127.0.0.1

@@ -92,3 +92,75 @@ def test_ci_with_a_commit_not_in_the_repository_fails_at_checkout_and_builds_not
     assert try_numbers(run)["checkout"] == 1
     output = capfd.readouterr()
     assert f"commit {commit} is not in {REPO}" in output.out + output.err + caplog.text
+
+
+# --- refused through the REST API, which the UI's trigger form submits to ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def rest(airflow_rest: dict[str, str]) -> dict[str, str]:
+    """The session's api-server with this repository's DAGs serialized (what the dag-processor does), and a token."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from modelship import airflow_api
+
+    airflow = str(Path(sys.executable).parent / "airflow")
+    done = subprocess.run([airflow, "dags", "reserialize"], env=os.environ, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    password = json.loads(Path(airflow_rest["MODELSHIP_AIRFLOW_PASSWORD_FILE"]).read_text())["admin"]
+    token = airflow_api.login(airflow_rest["MODELSHIP_AIRFLOW_URL"], "admin", password)
+    return {"url": airflow_rest["MODELSHIP_AIRFLOW_URL"], "token": token}
+
+
+def trigger(rest: dict[str, str], dag_id: str, conf: dict) -> tuple[int, str]:
+    import requests
+
+    answer = requests.post(f"{rest['url']}/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf},
+                           headers={"Authorization": f"Bearer {rest['token']}"}, timeout=60)  # fmt: skip
+    return answer.status_code, answer.text
+
+
+def runs_of(rest: dict[str, str], dag_id: str) -> int:
+    import requests
+
+    answer = requests.get(f"{rest['url']}/api/v2/dags/{dag_id}/dagRuns",
+                          headers={"Authorization": f"Bearer {rest['token']}"}, timeout=60)  # fmt: skip
+    return answer.json()["total_entries"]
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "conf", "param"),
+    [
+        ("ci", {"commit": "$(id)"}, "commit"),
+        ("ci", {"commit": "HEAD"}, "commit"),
+        ("release", {"target": "moon"}, "target"),
+        ("model_refresh", {"model_name": "digits"}, "version"),  # no version: it has no default on purpose
+    ],
+)
+def test_the_rest_api_and_so_the_trigger_form_refuse_a_bad_param_and_create_no_run(
+    rest: dict[str, str], dag_id: str, conf: dict, param: str
+) -> None:
+    before = runs_of(rest, dag_id)
+    status, text = trigger(rest, dag_id, conf)
+    assert status == 400 and f"Invalid input for param {param}" in text, (status, text)
+    assert runs_of(rest, dag_id) == before  # nothing was created, so nothing ran
+
+
+def test_the_trigger_form_is_built_from_the_same_rules_the_api_enforces(rest: dict[str, str]) -> None:
+    """The UI's form renders each Param from the DAG's details (and validates it in the browser with the same
+    JSON schema); what it submits goes to the endpoint above, which refuses anything else."""
+    import requests
+
+    def params(dag_id: str) -> dict:
+        answer = requests.get(f"{rest['url']}/api/v2/dags/{dag_id}/details",
+                              headers={"Authorization": f"Bearer {rest['token']}"}, timeout=60)  # fmt: skip
+        return answer.json()["params"]
+
+    commit = params("ci")["commit"]["schema"]
+    assert commit["pattern"] and "HEAD" not in commit["pattern"], commit
+    assert params("release")["target"]["schema"]["enum"] == ["docker", "kubernetes"]
+    assert params("model_refresh")["version"]["value"] is None  # no default: the form asks for it

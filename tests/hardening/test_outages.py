@@ -6,16 +6,20 @@ RegistryClient and push_image (tests/plugins/test_registry.py), bad releases rol
 target (tests/plugins/test_deploy_docker.py), red ci runs that push nothing (tests/e2e/test_ci_dag.py).
 
 Added here: the ci DAG's push step with the registry stopped (both retry layers, a red run, nothing in the
-registry once it is back); the engine stopped in the middle of a build (no image left under the tag) and
-while a release deploys (a retryable error, the old version serving again once the engine is back, and the
-retried release then going through). The registry and the engine are session fixtures shared with other
-tests: every test here brings them back in `finally`.
+registry once it is back); the registry and the engine each stopped in the middle of a push, after a MiB of a
+layer went through a proxy (tests/faultproxy.py) that watches the upload, then started again: the push ends
+green and every blob of the image it announces is in the registry; the engine stopped in the middle of a build
+(no image left under the tag) and while a release deploys (a retryable error, the old version serving again
+once the engine is back, and the retried release then going through). The registry and the engine are session
+fixtures shared with other tests: every test here brings them back in `finally`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import threading
 import time
 import urllib.request
@@ -26,11 +30,12 @@ import docker
 import pytest
 
 import devstack
-from devstack import components, rootfs
+from devstack import components, process, rootfs
 from modelship import images, net
 from modelship.registry import RegistryClient
 from tests.e2e.pipeline import REPO, task_states
-from tests.hardening.support import quick_commits, try_numbers
+from tests.faultproxy import FaultProxy, Watch
+from tests.hardening.support import image_is_whole, quick_commits, try_numbers, unique_image
 from tests.logcapture import log_messages
 from tests.plugins.deploy_fixtures import build_standin
 
@@ -118,6 +123,81 @@ def test_ci_push_with_the_registry_down_retries_then_fails_and_pushes_nothing(
     assert not list((Path(dag_env).parent / "state" / "work" / "ci").glob("*"))  # the teardown cleaned up
 
 
+# --- the registry or the engine stopped mid-push, then back -----------------------------------------------------
+
+
+@pytest.fixture
+def push_through_proxy(registry: components.Registry, monkeypatch: pytest.MonkeyPatch):
+    """A proxy in front of the registry (to see a layer going up) and the registry connection through it."""
+    with FaultProxy(registry.port, name="registry-proxy") as proxy:
+        conn = {"conn_type": "docker", "host": proxy.address, "login": registry.username,
+                "password": registry.password}  # fmt: skip
+        monkeypatch.setenv("AIRFLOW_CONN_MODELSHIP_REGISTRY", json.dumps(conn))
+        yield proxy
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+def test_registry_stopped_mid_push_then_back_the_push_ends_green_and_the_image_is_whole(
+    push_through_proxy: FaultProxy, registry: components.Registry, docker_client, tmp_path: Path
+) -> None:
+    outage: list[str] = []
+
+    def registry_goes_away() -> None:
+        registry.stop()  # a MiB of the layer is up: the upload dies with the registry
+        outage.append("stopped")
+        registry.start()
+
+    up = Watch(match="PATCH /v2/.*/blobs/uploads/", after=1 << 20, then=registry_goes_away)
+    push_through_proxy.arm(up)
+    image = unique_image(docker_client, tmp_path, megabytes=8)
+    try:
+        with log_messages("modelship.images") as messages:
+            pushed = images.push_image(docker_client, image, "modelship-outages/mid-push", "t",
+                                       registry_conn="modelship_registry")  # fmt: skip
+    finally:
+        registry.start()
+    assert up.fired == 1 and outage == ["stopped"]
+    assert any("Retrying in" in m for m in messages), messages  # the cut upload was sent again
+    image_is_whole(registry, "modelship-outages/mid-push", "t", pushed.digest)
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+def test_engine_stopped_mid_push_then_back_the_push_retries_and_ends_green(
+    push_through_proxy: FaultProxy, registry: components.Registry, docker_engine: components.DockerEngine,
+    docker_client, tmp_path: Path,
+) -> None:  # fmt: skip
+    restarted: list[str] = []
+
+    def engine_goes_away() -> None:
+        # The engine dies (SIGKILL: a graceful stop would first finish the push it is in); the push stream breaks
+        # under push_image. Then it is started again, as its supervisor would.
+        pid = docker_engine.proc.pid()
+        assert pid is not None
+        os.killpg(pid, signal.SIGKILL)
+        while process.alive(pid):
+            time.sleep(0.05)
+        docker_engine.stop()  # what a killed dockerd leaves behind: its containerd, its mounts
+        docker_engine.start()
+        restarted.append("engine")
+
+    up = Watch(match="PATCH /v2/.*/blobs/uploads/", after=1 << 20, then=engine_goes_away)
+    push_through_proxy.arm(up)
+    image = unique_image(docker_client, tmp_path, megabytes=8)
+    try:
+        with log_messages("modelship.images", logging.WARNING) as retries:
+            # Six attempts, 2 s to 32 s apart (62 s): a budget far beyond an engine restart of a few seconds.
+            pushed = images.push_image(docker_client, image, "modelship-outages/engine-mid-push", "t",
+                                       registry_conn="modelship_registry", attempts=6)  # fmt: skip
+    finally:
+        restart_engine(docker_engine, docker_client)
+    assert up.fired == 1 and restarted == ["engine"]
+    assert retries and "retry 1/5 in 2.0s" in retries[0], retries
+    assert f"Docker engine {docker_engine.url}" in retries[0], retries  # named as the engine's outage
+    image_is_whole(registry, "modelship-outages/engine-mid-push", "t", pushed.digest)
+
+
 # --- Docker engine stopped during a build ---------------------------------------------------------------
 
 # A build step that runs long enough to lose the engine under it.
@@ -169,6 +249,61 @@ def test_engine_stopped_mid_build_is_a_retryable_error_and_leaves_no_image(
     built = images.build_image(docker_client.api, context, tag, {"BASE_IMAGE": rootfs.BASE_IMAGE, "PAUSE": "0"})
     assert docker_client.images.get(tag).id == built.id
     docker_client.images.remove(tag, force=True)
+
+
+# --- Docker engine stopped while the app's tests run -------------------------------------------------------
+
+
+@pytest.mark.docker
+def test_engine_stopped_while_the_app_tests_run_is_a_retryable_error(
+    docker_engine: components.DockerEngine, docker_client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelship import apptests
+    from modelship.retry import is_transient
+    from tests.containment import make_checkout
+
+    for key, value in {"MODELSHIP_DOCKER_HOST": docker_engine.url, "MODELSHIP_BASE_IMAGE": rootfs.BASE_IMAGE,
+                       "MODELSHIP_STATE": str(tmp_path / "state")}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    checkout = make_checkout(tmp_path / "src", {"test_long.py": "import time\ndef test_long():\n    time.sleep(300)\n"})
+    cache = tmp_path / "cache"
+    apptests.environment(checkout, cache)  # built before: the outage is to hit the tests, not the build
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            apptests.run(checkout, cache)
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not docker_client.containers.list(filters={"label": apptests.RUN_LABEL, "status": "running"}):
+            assert time.monotonic() < deadline and worker.is_alive(), outcome
+            time.sleep(0.2)
+        time.sleep(2)  # pytest is in the test
+        docker_engine.stop()
+        worker.join(120)
+    finally:
+        restart_engine(docker_engine, docker_client)
+    assert not worker.is_alive()
+    # The engine killed the test container while stopping: not red tests (AppTestsFailed, the verdict the ci
+    # DAG fails at once on) but an outage, left to the task's retries.
+    error = outcome.get("error")
+    assert isinstance(error, apptests.EngineUnavailable | apptests.TestEnvironmentUnavailable), repr(error)
+    assert not isinstance(error, apptests.AppTestsFailed) and is_transient(error)
+    # The engine is back: the retried run goes through. (The killed run's container and image stay until their
+    # expiry, when the next run sweeps them; here they go now, for the tests after this one.)
+    try:
+        checkout = make_checkout(tmp_path / "again", {"test_quick.py": "def test_quick():\n    pass\n"})
+        assert apptests.run(checkout, cache).startswith("1 passed")
+    finally:
+        for container in docker_client.containers.list(all=True, filters={"label": apptests.RUN_LABEL}):
+            container.remove(force=True)
+        for image in docker_client.images.list(filters={"label": apptests.RUN_LABEL}):
+            docker_client.images.remove(image.id, force=True)
 
 
 # --- Docker engine stopped during a release ---------------------------------------------------------------

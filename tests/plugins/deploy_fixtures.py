@@ -6,7 +6,8 @@ old and a new one share a port as the app does, leaves a ready file in APP_READY
 /version ({"commit", "model": {"name", "version", "sha256"}, "app_version"}) from its environment, runs as
 uid 10001 and works on a read-only root filesystem; its image carries the same lineage labels the real one
 does. BROKEN makes it fail the way bad releases do: "readyz" (never ready: 503), "exit" (exits at start),
-or "port:N" (binds port N, then exits: fine as a candidate, broken on the serving port).
+or "port:N" (binds port N, then exits: fine as a candidate, broken on the serving port). STOP_DELAY makes its
+graceful stop take that many seconds.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ import pytest
 from devstack import rootfs
 
 STANDIN_APP = r"""
-import json, os, signal, socket, sys, threading
+import json, os, signal, socket, sys, threading, time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 # As PID 1 in a container, a process without a handler ignores SIGTERM and is killed only after the grace period.
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+# STOP_DELAY: a graceful shutdown that takes that long (still serving meanwhile), like the app finishing requests.
+def stop(*_):
+    time.sleep(float(os.environ.get("STOP_DELAY") or 0))
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
 
 # Like the app: APP_BIND (the serving addresses) and an optional APP_VERIFY_BIND, all with SO_REUSEPORT.
 binds = ",".join(os.environ.get(k, "") for k in ("APP_BIND", "APP_VERIFY_BIND")) or "127.0.0.1:8000"
@@ -84,10 +89,12 @@ class Standin:
 
 
 def build_standin(
-    docker_client, tag: str, key: str, *, broken: str = "", reports_commit: str = "", reuse_port: bool = True
+    docker_client, tag: str, key: str, *, broken: str = "", reports_commit: str = "", reuse_port: bool = True,
+    stop_delay: float = 0,
 ) -> Standin:
     """Build a stand-in whose lineage is derived from ``key``; ``reports_commit`` makes /version lie;
-    ``reuse_port=False`` makes it bind without SO_REUSEPORT, as app images built before it did."""
+    ``reuse_port=False`` makes it bind without SO_REUSEPORT, as app images built before it did; ``stop_delay``
+    makes its graceful stop (SIGTERM) take that many seconds."""
     commit = hashlib.sha1(key.encode()).hexdigest()
     model_version = f"m-{key}"
     model_sha256 = hashlib.sha256(key.encode()).hexdigest()
@@ -96,7 +103,7 @@ FROM {rootfs.BASE_IMAGE}
 COPY app.py /srv/app.py
 ENV COMMIT={reports_commit or commit} MODEL_NAME=digits MODEL_VERSION={model_version} \\
     MODEL_SHA256={model_sha256} BROKEN="{broken}" NO_REUSEPORT="{'' if reuse_port else '1'}" \\
-    PYTHONDONTWRITEBYTECODE=1
+    STOP_DELAY="{stop_delay or ''}" PYTHONDONTWRITEBYTECODE=1
 LABEL org.opencontainers.image.revision={commit} io.modelship.model.name=digits \\
       io.modelship.model.version={model_version} io.modelship.model.sha256={model_sha256}
 USER 10001

@@ -213,6 +213,10 @@ def test_wait_for_rollout_fails_at_the_deadline_with_the_pods_states() -> None:
     assert "ImagePullBackOff" in message and "revision 3" in message
 
 
+# Pods are made at collection time; their ages count from this fixed instant, not from when a test runs.
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
 def pod(name: str, rs: str, *, waiting: tuple[str, str] | None = None, restarts: int = 0, age: float = 0) -> k8s.V1Pod:
     state = (
         k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason=waiting[0], message=waiting[1]))
@@ -231,7 +235,7 @@ def pod(name: str, rs: str, *, waiting: tuple[str, str] | None = None, restarts:
         ),
         status=k8s.V1PodStatus(
             phase="Running",
-            start_time=datetime.now(UTC) - timedelta(seconds=age),
+            start_time=NOW - timedelta(seconds=age),
             conditions=[k8s.V1PodCondition(type="Ready", status="False")],
             container_statuses=[
                 k8s.V1ContainerStatus(
@@ -284,7 +288,7 @@ def test_the_start_up_budget_is_what_the_pods_own_probes_allow() -> None:
     ],
 )  # fmt: skip
 def test_a_new_revision_is_hopeless_only_when_waiting_cannot_help(pods, verdict) -> None:
-    cause = hopeless(pods, budget=95)
+    cause = hopeless(pods, budget=95, now=NOW)
     assert (cause is None) if verdict is None else (verdict in cause), cause
 
 
@@ -554,23 +558,28 @@ def test_a_deploy_waits_for_pods_of_an_earlier_rollout_that_are_still_terminatin
     )  # fmt: skip
     core.create_namespaced_pod(target.namespace, held)
     core.delete_namespaced_pod("held-terminating", target.namespace)
-    release_after = 4.0
 
-    def release() -> None:
-        time.sleep(release_after)
-        core.patch_namespaced_pod("held-terminating", target.namespace, {"metadata": {"finalizers": None}})
-
-    releaser = threading.Thread(target=release)
     with log_messages("modelship.deploy") as messages:
-        started = time.monotonic()
+
+        def release() -> None:
+            # Once the deploy says it waits for the pod (not after a guessed delay), the pod may go.
+            deadline = time.monotonic() + 120
+            while not any("waiting for terminating pods" in m for m in messages) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            messages.append("(test) released held-terminating")
+            core.patch_namespaced_pod("held-terminating", target.namespace, {"metadata": {"finalizers": None}})
+
+        releaser = threading.Thread(target=release)
         releaser.start()
         try:
             event = target.deploy(released["v2_ref"], released["v2"].lineage(), timeout=60)
         finally:
             releaser.join()
-        took = time.monotonic() - started
-    assert any("waiting for terminating pods" in m and "held-terminating" in m for m in messages), messages
-    assert took >= release_after, took
+    waited = next(i for i, m in enumerate(messages) if "waiting for terminating pods" in m)
+    assert "held-terminating" in messages[waited], messages
+    # Nothing was applied while the pod held on: the apply came after its release.
+    applied = next(i for i, m in enumerate(messages) if m.startswith("applied Deployment"))
+    assert waited < messages.index("(test) released held-terminating") < applied, messages
     assert event.commit == released["v2"].commit
     assert_v2_serves(target, released)
 

@@ -9,14 +9,22 @@ reuses the wheel and model layers.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
+import os
 import re
 import shutil
+import socket
+import threading
 import time
+import uuid
 from pathlib import Path
 
+import docker
 import pytest
 
 from devstack import rootfs
@@ -154,15 +162,106 @@ def test_a_smoke_test_removes_the_expired_leftovers_of_a_worker_that_died(
     assert smoke_leftovers() == []
 
 
+def test_smoke_test_container_runs_with_memory_and_pids_limits(docker_client, tiny_context, smoke_leftovers):
+    context = tiny_context('ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nUSER 10001\nCMD ["sleep", "600"]\n')
+    sleeper = images.build_image(docker_client, context, "modelship-test/sleeps:latest", {"BASE_IMAGE": BASE_IMAGE})
+    seen: list[dict] = []
+
+    def watch() -> None:
+        while not seen and time.monotonic() < deadline:
+            seen.extend(c.attrs["HostConfig"] for c in smoke_leftovers() if c.status == "running")
+            time.sleep(0.1)
+
+    deadline = time.monotonic() + 30
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    with pytest.raises(images.SmokeTestFailed, match="did not answer 200 within 4s"):
+        _smoke(docker_client, sleeper.id, timeout=4)
+    watcher.join()
+    [host] = seen[:1]  # inspected while it ran
+    assert host["Memory"] == 2**30 and host["MemorySwap"] == 2**30  # SMOKE_MEM_LIMIT, no swap on top
+    assert host["PidsLimit"] == images.SMOKE_PIDS_LIMIT == 256
+    assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
+    assert smoke_leftovers() == []
+
+
+def test_build_steps_have_no_network(docker_client, tiny_context):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5)"
+    context = tiny_context(f'ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\nRUN python3 -c "{probe}"\n')
+    try:
+        with pytest.raises(images.ImageBuildError, match="ConnectionRefusedError|Connection refused"):
+            images.build_image(docker_client, context, "modelship-test/offline:latest", {"BASE_IMAGE": BASE_IMAGE})
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nobody knocked: the step had its own empty network namespace
+    finally:
+        listener.close()
+
+
+@pytest.mark.registry
+def test_the_build_client_sends_no_registry_login_and_the_base_image_is_pulled_before_the_build(
+    docker_client, docker_engine, registry, reg_conn, tiny_context, tmp_path, monkeypatch
+):
+    """docker-py sends every login it knows with a build, for the engine to pull any FROM image with it. The
+    build client sends none, even with a login in the worker's Docker config: a FROM image only that login can
+    pull fails the build. The configured base image in a private registry is pulled first, with the registry
+    connection (ensure_base_image), and the build then goes through."""
+    tag = f"{registry.address}/modelship-test/private-base:{uuid.uuid4().hex[:8]}"
+    context = tiny_context("FROM scratch\nCOPY Dockerfile /base-marker\n")
+    docker_client.api.login(registry.username, registry.password, registry=registry.address)
+    images.build_image(docker_client, context, tag, {})
+    for line in docker_client.images.push(tag, stream=True, decode=True):
+        assert "error" not in line, line
+    docker_client.images.remove(tag)  # only in the registry now
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    auth = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()
+    (config / "config.json").write_text(json.dumps({"auths": {registry.address: {"auth": auth}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))  # what `docker login` on the worker leaves behind
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nLABEL built=yes\n")
+    try:
+        engine = images.engine_client(docker_engine.url)
+        with pytest.raises(images.ImageBuildError, match="(?i)no basic auth|unauthorized|authentication required"):
+            images.build_image(engine, app, "modelship-test/on-private-base:1", {"BASE_IMAGE": tag})
+        images.ensure_base_image(engine, tag, reg_conn)
+        built = images.build_image(engine, app, "modelship-test/on-private-base:1", {"BASE_IMAGE": tag})
+        assert built.labels["built"] == "yes"
+    finally:
+        for ref in ("modelship-test/on-private-base:1", tag):
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                docker_client.images.remove(ref, force=True)
+
+
 # ------------------------------------------------------------------------------------------ wheelhouse
 
 
-def test_failed_wheelhouse_download_leaves_nothing_behind(tmp_path):
+def test_failed_wheelhouse_download_leaves_nothing_behind(tmp_path, monkeypatch):
+    for key, value in {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path)}.items():
+        monkeypatch.setenv(key, value)  # no index at all: pip fails at once, with no network
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text("this is not a requirement ===\n")  # pip fails while parsing: no network
-    with pytest.raises(images.WheelhouseError, match="exited"):
+    requirements.write_text("modelship-no-such-package==1.0\n")
+    with pytest.raises(images.WheelhouseError, match="exited") as caught:
         images.wheelhouse(requirements, tmp_path / "cache")
+    assert not isinstance(caught.value, images.IndexUnavailable)  # nothing was unreachable: it does not exist
     assert list((tmp_path / "cache" / "wheels").iterdir()) == []
+
+
+@pytest.mark.parametrize("line", ["this is not a requirement ===", "-r /etc/passwd", "numpy>=2", "x==${HOME}",
+                                  "--extra-index-url http://127.0.0.1:9/simple", "numpy @ file:///etc/passwd"])
+def test_a_requirements_line_other_than_a_pin_is_refused_before_pip_reads_it(tmp_path, line):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(f"# pinned\nnumpy==2.4.6\n{line}\n")
+    with pytest.raises(images.RequirementsRefused, match="requirements.txt line 3: ") as caught:
+        images.wheelhouse(requirements, tmp_path / "cache")
+    assert isinstance(caught.value, images.WheelhouseError)
+    assert line not in str(caught.value)  # the line is not quoted back (it may hold what it should not)
+    assert not (tmp_path / "cache" / "wheels").exists() or list((tmp_path / "cache" / "wheels").iterdir()) == []
 
 
 def test_wheelhouse_is_keyed_by_the_requirements_file_and_reused(tmp_path, wheel_cache):
@@ -234,8 +333,8 @@ def test_built_image_carries_its_lineage_as_oci_labels(app_build, model_package,
 
 
 @pytest.mark.registry
-def test_smoke_test_passes_for_the_good_image(app_build, model_package, docker_engine, reg_conn, smoke_leftovers):
-    hook = images.docker_hook(reg_conn, docker_engine.url)  # what the ci DAG hands over
+def test_smoke_test_passes_for_the_good_image(app_build, model_package, docker_engine, smoke_leftovers):
+    hook = images.engine_client(docker_engine.url)  # what the ci DAG hands over: no registry login
     result = _smoke_app(hook, app_build["image"].id, model_package)
     _, label = images.sample_digit()
     assert result["prediction"]["label"] == label

@@ -165,6 +165,7 @@ def test_tampered_file_fails_fetch_and_leaves_nothing_at_dest(
     parent.mkdir()
     with pytest.raises(IntegrityError, match=r"model digits version v1 .*model\.onnx: sha256 mismatch"):
         store.fetch("digits", "v1", parent / "model")
+    assert store.stats.redownloads == 1  # downloaded once more, fresh, before the verdict
     assert leftovers(parent) == []  # neither dest nor a temp folder
     assert not (tmp_path / "cache").exists() or leftovers(tmp_path / "cache") == []  # nothing cached
 
@@ -308,7 +309,9 @@ def test_fetch_rides_out_azurite_restarting(
     packages: dict[str, Path],
     tmp_path: Path,
 ) -> None:
-    store = BlobModelStore(new_container(), blob_env, cache_dir=tmp_path / "cache")
+    # Eight attempts (0.5 s, 1 s, 2 s, then 4 s apart: 19.5 s in all) against an Azurite start of a second or two.
+    policy = Policy(attempts=8, base=0.5, max_delay=4.0)
+    store = BlobModelStore(new_container(), blob_env, cache_dir=tmp_path / "cache", retry_policy=policy)
     store.publish(packages["v1"])
     store.promote("digits", "v1")
 
@@ -325,7 +328,10 @@ def test_fetch_rides_out_azurite_restarting(
         worker = threading.Thread(target=fetch)
         worker.start()
         try:
-            time.sleep(2)
+            # Azurite comes back once the fetch has met the outage (its first retry), not after a guessed delay.
+            deadline = time.monotonic() + 30
+            while store.stats.retries < 1 and worker.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
         finally:
             azurite.start()  # its data survives the restart
         worker.join(60)
@@ -333,7 +339,7 @@ def test_fetch_rides_out_azurite_restarting(
     assert "error" not in outcome, outcome
     assert verify_package(tmp_path / "model")["version"] == "v1"
     assert store.stats.retries >= 1
-    assert any(m.startswith("blob store: ") and m.endswith("; retry 1/4 in 0.5s") for m in messages), messages
+    assert any(m.startswith("blob store: ") and m.endswith("; retry 1/7 in 0.5s") for m in messages), messages
 
 
 @pytest.mark.azurite

@@ -127,3 +127,14 @@ def test_unreachable_registry_is_retried_with_backoff_then_reported(docker_clien
             docker_client, tiny_image.id, REPOSITORY, "dead", registry_conn=conn_id, attempts=3, backoff=0.05
         )
     assert sum("retry" in m for m in messages) == 2
+
+
+def test_the_client_never_shows_its_password() -> None:
+    from modelship.registry import RegistryClient
+
+    client = RegistryClient("127.0.0.1:1", "bot", "s3cret-password", conn_id="modelship_registry")
+    try:
+        shown = repr(client) + str(vars(client).get("username")) + str(client.__dict__.keys())
+        assert "s3cret-password" not in shown and "modelship_registry" in repr(client)
+    finally:
+        client.close()

@@ -9,14 +9,18 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
+import docker
 import pytest
 
+from devstack import rootfs
 from modelship import apptests, net, retention
 from modelship.deploy import get_target
 from modelship.fs import USED_MARKER
 from modelship.retention import store
+from tests.containment import make_checkout
 from tests.plugins.retention_support import World, applied, gone, make_world, old_entry, reasons
 
 pytest_plugins = ["images_fixtures"]
@@ -255,21 +259,36 @@ def test_the_engine_keeps_fresh_builds_and_never_touches_other_images(world: Wor
     assert everything_else <= {i.id for i in world.docker_client.images.list(all=True)}
 
 
-def test_a_test_environment_used_again_is_kept(world: World, tmp_path: Path) -> None:
-    checkout = tmp_path / "checkout"
-    (checkout / "app").mkdir(parents=True)
-    for name in ("requirements.txt", "requirements-test.txt"):
-        (checkout / "app" / name).write_text("# nothing to install\n")
+def test_a_test_environment_used_again_is_kept_and_one_unused_goes_with_its_image(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELSHIP_BASE_IMAGE", rootfs.BASE_IMAGE)
+    monkeypatch.setattr(apptests, "WHEELS_RECIPE", apptests.WHEELS_RECIPE + f"# retention {uuid.uuid4().hex}\n")
+    checkout = make_checkout(tmp_path / "checkout", {"test_x.py": "def test_x():\n    pass\n"})
     cache = Path(world.env["MODELSHIP_CACHE"])
-    venv = apptests.environment(checkout, cache)
+    env = apptests.environment(checkout, cache)
+    record = cache / "testenv" / env.key[:16]
     month_ago = time.time() - 30 * 86400
-    for path in (venv / USED_MARKER, venv):
-        os.utime(path, (month_ago, month_ago))
-    assert apptests.environment(checkout, cache) == venv  # reused: its marker says "now"
+
+    def unused_for_a_month() -> None:
+        for path in (record / USED_MARKER, record):
+            os.utime(path, (month_ago, month_ago))
+
+    unused_for_a_month()
+    assert apptests.environment(checkout, cache).image == env.image  # reused: its marker says "now"
 
     report = retention.prune_caches(None)
 
-    assert venv.is_dir() and "used 0.0 days ago" in " ".join(o.why for o in report_outcomes(report, "kept"))
+    assert record.is_dir() and "used 0.0 days ago" in " ".join(o.why for o in report_outcomes(report, "kept"))
+    assert world.docker_client.images.get(env.image)
+
+    unused_for_a_month()
+    report = retention.prune_caches(None)
+
+    assert [o.item for o in report_outcomes(report, "deleted")] == [f"test environment {record} (and its image)"]
+    assert not record.exists()
+    with pytest.raises(docker.errors.ImageNotFound):
+        world.docker_client.images.get(env.image)
 
 
 def report_outcomes(report: dict, action: str) -> list:

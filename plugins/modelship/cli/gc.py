@@ -18,7 +18,8 @@ from modelship.cli import COMMON
 def _events() -> tuple[dict[str, Any], dict[str, str]]:
     """The `image`, `quarantine` and `deployments` events from Airflow; None (and why) for those it cannot give."""
     from modelship import retry
-    from modelship.cli.release import _api, deployment_records, image_events, quarantine_events
+    from modelship.cli.release import _api
+    from modelship.overview import deployment_records, image_events, quarantine_events
 
     found: dict[str, Any] = {"image": None, "quarantine": None, "deployments": None}
     unavailable: dict[str, str] = {}

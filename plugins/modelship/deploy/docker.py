@@ -70,6 +70,7 @@ class DockerTarget:
         ready_timeout: float = 60.0,
         stop_timeout: int = 10,
         mem_limit: str = "1g",
+        client: APIClient | None = None,
     ) -> None:
         self.docker_host = docker_host
         self.port = port
@@ -78,10 +79,13 @@ class DockerTarget:
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self.mem_limit = mem_limit
+        self._client = client  # for callers outside Airflow (python -m devstack up): no Airflow import needed
 
     @cached_property
     def api(self) -> APIClient:
         """The Docker provider's client for the engine, built on first use; no registry login (status())."""
+        if self._client is not None:
+            return self._client
         from airflow.providers.docker.hooks.docker import DockerHook
 
         return DockerHook(docker_conn_id=None, base_url=self.docker_host).api_client

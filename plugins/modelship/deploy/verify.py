@@ -67,16 +67,22 @@ def verify_version(
     attempts: int = 5,
     timeout: float = 5.0,
     backoff: float = 0.5,
+    outage: type[BaseException] | tuple[type[BaseException], ...] = (),
 ) -> dict[str, Any]:
     """GET /version through ``fetch(timeout)`` with retries, and check it names the expected build.
 
     Transport errors are retried with exponential backoff (an app or proxy can blip); a wrong answer is
-    not: the app that answered is the wrong build, and asking again cannot change that.
+    not: the app that answered is the wrong build, and asking again cannot change that. ``outage``: errors
+    of what stands between us and the app (the Kubernetes API server), raised as they are: no answer from
+    the way in says nothing about the app, so it is never a verdict on it.
     """
     policy = retry.Policy(attempts=attempts, base=backoff, max_delay=backoff * 2**attempts)
     try:
         # Any transport or proxy error (refused, reset, a proxy's 502, an app still starting) is worth asking again.
-        body = retry.call(lambda: fetch(timeout), f"{what}: GET /version", policy=policy, transient=lambda _: True)
+        body = retry.call(lambda: fetch(timeout), f"{what}: GET /version", policy=policy,
+                          transient=lambda exc: not isinstance(exc, outage))  # fmt: skip
+    except outage:
+        raise
     except Exception as exc:
         raise VerificationFailed(f"{what}: GET /version failed {attempts} times, last: {exc}") from exc
     try:

@@ -4,6 +4,7 @@ the host network; the image must carry its lineage as OCI labels, or it is not s
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,7 +17,7 @@ import requests
 
 from modelpkg.manifest import verify_package
 from modelship.fs import IGNORED, link_tree
-from modelship.images.engine import EngineUnavailable, api_of, engine_name, engine_still_there
+from modelship.images.engine import EngineUnavailable, api_of, docker_hook, engine_name, engine_still_there
 from modelship.lineage import (
     LABEL_CREATED,
     LABEL_MODEL_NAME,
@@ -26,6 +27,7 @@ from modelship.lineage import (
     LABEL_SOURCE,
     LABEL_VERSION,
 )
+from modelship.retry import NoSpace, Transient, no_space
 from modelship.verdicts import Verdict
 
 if TYPE_CHECKING:
@@ -49,6 +51,10 @@ class ImageBuildError(Verdict, RuntimeError):
     """The image did not build (the message names the failing step and its error) or lacks its lineage."""
 
 
+class BaseImageUnavailable(Transient, RuntimeError):
+    """The base image is not on the engine and could not be pulled (the registry's outage, or a wrong name)."""
+
+
 @dataclass(frozen=True)
 class Lineage:
     """What an image is built from; becomes build args, then OCI labels (see LINEAGE_LABELS)."""
@@ -62,11 +68,14 @@ class Lineage:
     created: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
     def build_args(self, base_image: str) -> dict[str, str]:
+        from modelship.source import public_url
+
         return {
             "BASE_IMAGE": base_image,
             "GIT_COMMIT": self.commit,
             "BUILD_DATE": self.created,
-            "SOURCE_URL": self.source,
+            # Build args end up in the image (label, ENV, /version, history): never with credentials.
+            "SOURCE_URL": public_url(self.source),
             "APP_VERSION": self.app_version or self.commit[:12],
             "MODEL_NAME": self.model_name,
             "MODEL_VERSION": self.model_version,
@@ -100,8 +109,8 @@ def build_context(
     is verified against its manifest here, before a build is spent on it.
     """
     app_dir, model_dir, wheels_dir, dest = (Path(p) for p in (app_dir, model_dir, wheels_dir, dest))
-    if not (app_dir / "Dockerfile").is_file():
-        raise ImageBuildError(f"{app_dir}: no Dockerfile; not an app folder")
+    if app_dir.is_symlink() or not (app_dir / "Dockerfile").is_file() or (app_dir / "Dockerfile").is_symlink():
+        raise ImageBuildError(f"{app_dir}: no Dockerfile (or a symbolic link); not an app folder")
     verify_package(model_dir)
     if not any(wheels_dir.glob("*.whl")):
         raise ImageBuildError(f"{wheels_dir}: no wheels in the wheelhouse")
@@ -117,13 +126,60 @@ def build_context(
         return ignored
 
     library = Path(library_dir) if library_dir is not None else app_dir.parent / "modelpkg"
-    link_tree(app_dir, dest, ignore=app_ignore, counts=counts)
-    link_tree(wheels_dir, dest / "wheels", counts=counts)
-    link_tree(model_dir, dest / "model", counts=counts)
-    if library.is_dir():
-        link_tree(library, dest / "modelpkg", counts=counts)
+    # app/ and modelpkg/ come from the commit: their symbolic links stay links (never followed on the worker;
+    # the build resolves them inside the context or not at all).
+    try:
+        link_tree(app_dir, dest, ignore=app_ignore, counts=counts, symlinks=True)
+        link_tree(wheels_dir, dest / "wheels", counts=counts)
+        link_tree(model_dir, dest / "model", counts=counts)
+        if library.is_dir() and not library.is_symlink():
+            link_tree(library, dest / "modelpkg", counts=counts, symlinks=True)
+    except OSError as exc:
+        if not no_space(exc):
+            raise
+        shutil.rmtree(dest, ignore_errors=True)
+        raise NoSpace(
+            f"no space left on device assembling the build context {dest} ({counts['copied']} files copied, "
+            f"{counts['linked']} linked so far): free space (`modelship gc` prunes old caches); the task's retry "
+            "builds again"
+        ) from exc
     log.info("build context %s: %d files linked, %d copied", dest, counts["linked"], counts["copied"])
     return dest
+
+
+def ensure_base_image(docker_like: DockerLike, image: str, registry_conn_id: str | None = None) -> None:
+    """Make sure the engine has the base image `image` (settings.base_image), pulling it when missing.
+
+    Builds run through a client that holds no registry credential (engine_client), so the engine could only
+    pull a missing FROM image anonymously. A base image in a private registry (ACR) is pulled here instead,
+    through a client logged into the registry connection (`registry_conn_id`, default the settings'): the
+    engine uses the login for this one pull of the configured base image, and no build ever gets it.
+    """
+    from docker.utils import parse_repository_tag
+
+    api = api_of(docker_like)
+    try:
+        api.inspect_image(image)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    except requests.RequestException as exc:
+        raise EngineUnavailable(f"Docker engine {engine_name(api)} did not answer: {exc}") from exc
+    repository, tag = parse_repository_tag(image)
+    log.info("base image %s is not on the engine: pulling it (registry connection %s)", image,
+             registry_conn_id or "from settings")  # fmt: skip
+    try:
+        puller = api_of(docker_hook(registry_conn_id, engine_name(api)))
+        for chunk in puller.pull(repository, tag=tag or "latest", stream=True, decode=True):
+            error = chunk.get("error") or (chunk.get("errorDetail") or {}).get("message")
+            if error:
+                raise BaseImageUnavailable(f"pulling the base image {image} failed: {error}")
+    except docker.errors.APIError as exc:
+        raise BaseImageUnavailable(f"pulling the base image {image} failed: {exc.explanation or exc}") from exc
+    except requests.RequestException as exc:
+        raise EngineUnavailable(f"Docker engine {engine_name(api)} went away pulling {image}: {exc}") from exc
+    api.inspect_image(image)
+    log.info("pulled the base image %s", image)
 
 
 def build_image(
@@ -134,8 +190,12 @@ def build_image(
     labels: dict[str, str] | None = None,
     *,
     timeout: int = 1800,
+    network_mode: str = "none",
 ) -> ImageRef:
-    """Build context/Dockerfile as `tag` (classic builder, host network); return the image.
+    """Build context/Dockerfile as `tag` (classic builder); return the image.
+
+    RUN steps get no network by default (`network_mode="none"`): the Dockerfile is the commit's, and every
+    input is in the context already (wheels, model). Pass "host" for a build that must reach a server.
 
     The build output goes to the log line by line. A failing step raises ImageBuildError naming the step
     and its error. Afterwards every lineage build arg (GIT_COMMIT, MODEL_SHA256, … see LINEAGE_LABELS) must
@@ -154,7 +214,7 @@ def build_image(
             tag=tag,
             buildargs=build_args,
             labels=labels or None,
-            network_mode="host",  # no bridge on this engine; RUN steps see only loopback
+            network_mode=network_mode,  # "host" where a step needs one: this engine has no bridge
             rm=True,
             forcerm=True,  # intermediate containers go even when a step fails
             pull=False,  # the base image is local (nothing can be pulled here)
@@ -164,8 +224,13 @@ def build_image(
         for chunk in stream:
             if "error" in chunk or "errorDetail" in chunk:
                 message = (chunk.get("errorDetail") or {}).get("message") or chunk.get("error")
+                # The engine's disk (a layer it writes) or a RUN step's own writes ("No space left on device").
+                if no_space(message) or any(no_space(line) for line in tail[-5:]):
+                    raise _engine_disk_full(api, tag, step, message)
                 output = "\n".join(tail[-15:])
-                engine_still_there(api, f"the build of {tag} at {step} ({message})")
+                # A step killed by a signal (137, 143) may be the engine stopping under it: watch it a while.
+                killed = re.search(r"returned a non-zero code: (137|143)\b", str(message)) is not None
+                engine_still_there(api, f"the build of {tag} at {step} ({message})", grace=15.0 if killed else 0.0)
                 raise ImageBuildError(f"build of {tag} failed at {step}: {message}\n--- last output ---\n{output}")
             if "aux" in chunk and isinstance(chunk["aux"], dict) and chunk["aux"].get("ID"):
                 image_id = chunk["aux"]["ID"]
@@ -184,6 +249,8 @@ def build_image(
                 elif line.startswith("Successfully built ") and not image_id:
                     image_id = line.split()[-1]
     except docker.errors.APIError as exc:
+        if no_space(str(exc.explanation or exc)):  # e.g. while the engine unpacks the build context
+            raise _engine_disk_full(api, tag, step, str(exc.explanation or exc)) from exc
         raise ImageBuildError(f"build of {tag} refused by the engine: {exc.explanation or exc}") from exc
     except requests.RequestException as exc:  # the connection to the engine broke
         raise EngineUnavailable(
@@ -206,3 +273,16 @@ def build_image(
         raise ImageBuildError(f"{tag} was built but does not carry its lineage labels: {details}")
     log.info("built %s = %s in %.1fs", tag, inspected["Id"], time.monotonic() - started)
     return ImageRef(id=inspected["Id"], tag=tag, labels=image_labels)
+
+
+def _engine_disk_full(api: docker.APIClient, tag: str, step: str, message: str) -> NoSpace:
+    """A full disk on the engine is no verdict on the image: the same build goes through once space is freed."""
+    try:
+        root = api.info().get("DockerRootDir") or "its data root"
+    except (requests.RequestException, docker.errors.DockerException):
+        root = "its data root"
+    return NoSpace(
+        f"no space left on device on the Docker engine {engine_name(api)} ({root}) during the build of {tag} at "
+        f"{step}: {message}. Free space (`modelship gc` prunes old app images and the build cache); the task's "
+        "retry builds again"
+    )

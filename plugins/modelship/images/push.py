@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import docker
 import requests
+import urllib3
 
 from modelship import retry
-from modelship.images.engine import api_of
+from modelship.images.engine import EngineUnavailable, api_of, engine_name, engine_still_there
 from modelship.registry import registry_address
 
 if TYPE_CHECKING:
@@ -35,11 +36,14 @@ class Pushed:
     bytes_pushed: int = 0
 
 
-# Errors inside the push stream that say "try again later" rather than "this will never work".
+# Errors inside the push stream that say "try again later" rather than "this will never work": the connection
+# broke (refused, reset or cut mid-layer), or the registry answered a server-side error (dockerd reports any
+# 5xx as "received unexpected HTTP status: 500 Internal Server Error" and does not retry it itself).
 _TRANSIENT_PUSH = (
     "connection refused", "connection reset", "i/o timeout", "tls handshake timeout", "broken pipe",
-    "unexpected eof", ": eof", "502 bad gateway", "503 service unavailable", "504 gateway", "client.timeout",
-    "temporary failure",
+    "unexpected eof", ": eof", "use of closed network connection", "server closed idle connection",
+    "500 internal server error", "502 bad gateway", "503 service unavailable", "504 gateway", "429 too many requests",
+    "408 request timeout", "client.timeout", "temporary failure",
 )  # fmt: skip
 _AUTH_PUSH = ("unauthorized", "authentication required", "no basic auth credentials", "denied")
 
@@ -113,8 +117,20 @@ def push_image(
         try:
             stream = api.push(target, tag=tag, stream=True, decode=True, auth_config=auth_config)
             return _read_push_stream(stream, f"{target}:{tag}", registry, registry_conn)
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise _TransientPushError(f"Docker engine connection failed while pushing: {exc}") from exc
+        except ImagePushError as exc:
+            if isinstance(exc, _TransientPushError):
+                raise
+            # An error the stream does not explain: the engine itself may have gone away mid-push.
+            try:
+                engine_still_there(api, f"the push of {target}:{tag}")
+            except EngineUnavailable as gone:
+                raise _TransientPushError(str(gone)) from exc
+            raise
+        except (requests.RequestException, urllib3.exceptions.HTTPError, docker.errors.APIError) as exc:
+            if not retry.is_transient(exc):
+                raise
+            # The connection to the engine broke (it stopped mid-push, or its stream was cut), or it answered 5xx.
+            raise _TransientPushError(f"Docker engine {engine_name(api)} failed while pushing: {exc}") from exc
 
     pushed = retried(push_once, f"push {target}:{tag}")
     log.info("pushed %s:%s = %s in %.1fs: %d layers sent (%d bytes), %d already there", target, tag, pushed.digest,

@@ -1,5 +1,5 @@
-"""Smoke-test a built image the way production runs it (non-root, read-only root filesystem, no capabilities)
-and ask it the questions a user would: ready? which build are you? what is this digit?"""
+"""Smoke-test a built image the way production runs it (non-root, read-only root filesystem, no capabilities,
+memory and pids limits) and ask it the questions a user would: ready? which build are you? what is this digit?"""
 
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ SMOKE_LABEL = "io.modelship.smoke-test"
 SMOKE_EXPIRES_LABEL = "io.modelship.smoke-test.expires"
 # Beyond the readiness timeout: /healthz, /version and /score (10 s each at most), and slack for a slow engine.
 SMOKE_GRACE = 600
+# What the container may use, as the docker target runs the app (modelship.deploy.docker): an image that
+# forks or allocates without bound fails its smoke test instead of taking the worker down with it.
+SMOKE_MEM_LIMIT = "1g"
+SMOKE_PIDS_LIMIT = 256
 
 
 class SmokeTestFailed(Verdict, AssertionError):
@@ -99,6 +103,9 @@ def smoke_test(
                 tmpfs={"/tmp": ""},
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
+                mem_limit=SMOKE_MEM_LIMIT,
+                memswap_limit=SMOKE_MEM_LIMIT,  # no swap on top
+                pids_limit=SMOKE_PIDS_LIMIT,
             ),
         )
         user = api.inspect_container(container)["Config"].get("User") or ""

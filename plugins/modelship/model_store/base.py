@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpkg.atomic import atomic_dir
-from modelpkg.manifest import MANIFEST, REQUIRED_KEYS, ManifestError, safe_path, verify_package
+from modelpkg.manifest import MANIFEST, REQUIRED_KEYS, ManifestError, safe_path, sha256_file, verify_package
 from modelship.model_store.cache import PackageCache
 from modelship.model_store.errors import (
     ANY,
@@ -27,7 +27,7 @@ from modelship.model_store.errors import (
     VersionExists,
     _PreconditionFailed,
 )
-from modelship.retry import DEFAULT, Policy
+from modelship.retry import DEFAULT, NoSpace, Policy, no_space
 
 log = logging.getLogger("modelship.model_store")
 
@@ -78,6 +78,7 @@ class StoreStats:
     metadata_reads: int = 0  # manifests and alias records
     cache_hits: int = 0
     retries: int = 0
+    redownloads: int = 0  # files downloaded a second time because the first copy did not match its sha256
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -370,18 +371,30 @@ class ModelStore:
     def fetch(self, name: str, version_or_alias: str, dest: str | os.PathLike[str]) -> dict[str, Any]:
         """Download, verify and atomically place a package at dest; return its manifest.
 
-        Nothing appears at dest (and no temp folder stays beside it) unless every sha256 matched.
+        Nothing appears at dest (and no temp folder stays beside it) unless every sha256 matched. A file whose
+        sha256 does not match was most likely damaged on the way: it is downloaded once more, fresh; only a
+        second mismatch is the verdict (IntegrityError: the stored bytes are not what the manifest says).
+        A full disk is NoSpace (transient: the task's retry fetches again once space was freed).
         """
         version, manifest, raw = self._resolve(name, version_or_alias)
         sha = hashlib.sha256(raw).hexdigest()
         dest = Path(dest).absolute()
-        with atomic_dir(dest) as staging:  # 0755: a non-root serving user must read the model
-            if self.cache is not None and self.cache.fill(sha, staging):
-                self.stats.cache_hits += 1
-            else:
-                self._download_package(name, version, manifest, raw, staging)
-                if self.cache is not None:
-                    self.cache.add(sha, staging)
+        try:
+            with atomic_dir(dest) as staging:  # 0755: a non-root serving user must read the model
+                if self.cache is not None and self.cache.fill(sha, staging):
+                    self.stats.cache_hits += 1
+                else:
+                    self._download_package(name, version, manifest, raw, staging)
+                    if self.cache is not None:
+                        self.cache.add(sha, staging)
+        except OSError as exc:
+            if not no_space(exc):
+                raise
+            raise NoSpace(
+                f"no space left on device while fetching model {name} version {version} into {dest.parent} "
+                f"({_free(dest.parent)} free there): nothing was placed at {dest}. Free space (`modelship gc` "
+                "prunes old images, model versions and caches); the task's retry fetches it again"
+            ) from exc
         log.info("fetched model %s version %s (sha256 %s) to %s", name, version, sha, dest)
         return manifest
 
@@ -392,16 +405,46 @@ class ModelStore:
             except ManifestError as exc:
                 raise IntegrityError(f"model {name} version {version}: {exc}") from exc
             target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                size = self._download(self._version_key(name, version, rel), target)
-            except ModelNotFound:
-                raise IntegrityError(
-                    f"model {name} version {version}: {rel} is listed in {MANIFEST} but missing from {self}"
-                ) from None
-            self.stats.files_downloaded += 1
-            self.stats.bytes_downloaded += size
+            expected = manifest["files"][rel]
+            got = self._download_file(name, version, rel, target)
+            if got != expected:
+                # Damaged in transit (a flipped bit, a proxy), or damaged in the store: one fresh download tells.
+                log.warning("model %s version %s: %s arrived with sha256 %s, expected %s; downloading it once more",
+                            name, version, rel, got, expected)  # fmt: skip
+                self.stats.redownloads += 1
+                again = self._download_file(name, version, rel, target)
+                if again != expected:
+                    raise IntegrityError(
+                        f"model {name} version {version} in {self}: {rel}: sha256 mismatch on both downloads: "
+                        f"{MANIFEST} expects {expected}, the first copy had {got}, the second {again}. The stored "
+                        "file is not what was published (tampered with, or damaged in the store)"
+                    )
         (into / MANIFEST).write_bytes(raw)
         try:
             verify_package(into)
         except ManifestError as exc:
             raise IntegrityError(f"model {name} version {version} in {self}: {exc}") from exc
+
+    def _download_file(self, name: str, version: str, rel: str, target: Path) -> str:
+        """Download one file of a version to target (replacing it); the sha256 of what arrived."""
+        try:
+            size = self._download(self._version_key(name, version, rel), target)
+        except ModelNotFound:
+            raise IntegrityError(
+                f"model {name} version {version}: {rel} is listed in {MANIFEST} but missing from {self}"
+            ) from None
+        self.stats.files_downloaded += 1
+        self.stats.bytes_downloaded += size
+        return sha256_file(target)
+
+
+def _free(folder: Path) -> str:
+    """Free space on the filesystem of folder (or of its nearest existing parent), e.g. "12.0 MiB"."""
+    import shutil
+
+    for candidate in (folder, *folder.parents):
+        try:
+            return f"{shutil.disk_usage(candidate).free / 2**20:.1f} MiB"
+        except OSError:
+            continue
+    return "unknown"

@@ -68,7 +68,7 @@ class BlobModelStore(ModelStore):
             return retry.call(fn, f"blob store: {what}", policy=self.retry_policy, sleep=self._sleep,
                               logger=retry_log, level=logging.INFO)  # fmt: skip
         except Exception as exc:
-            if not retry.is_transient(exc):
+            if not retry.is_transient(exc) or retry.no_space(exc):  # a full disk is not the store's outage
                 raise
             raise StoreUnavailable(
                 f"blob store unreachable after {self.retry_policy.attempts} attempts while {what}: "

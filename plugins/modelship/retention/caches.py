@@ -1,4 +1,5 @@
-"""Prune the cache folders under MODELSHIP_CACHE: test environments (`testenv/<hash>`) and wheelhouses
+"""Prune the cache folders under MODELSHIP_CACHE: test environments (`testenv/<key>`: the record of when the
+test environment image `modelship-testenv:<key>` was last used; the image goes with it) and wheelhouses
 (`wheels/<hash>`) not used for MODELSHIP_CACHE_MAX_IDLE_DAYS (each use touches the entry's marker,
 modelship.fs.mark_used), model cache entries (`models/<manifest sha256>`) of versions the store no longer
 keeps, and the leftovers of writes and deletions that were cut off. Everything here is a cache: deleting it
@@ -51,6 +52,17 @@ def remove_entry(entry: Path, seen_used: float | None = None) -> None:
     shutil.rmtree(aside)
 
 
+def remove_test_environment(settings: Any, entry: Path, seen_used: float | None = None) -> None:
+    """Remove a test environment's record (as remove_entry) and then its image on the engine; again after a
+    failure, the record is gone already and only the image is left to remove."""
+    from modelship import apptests
+    from modelship.retention.engine import engine_api
+
+    if entry.exists():
+        remove_entry(entry, seen_used)
+    apptests.remove_environment(engine_api(settings), entry.name)
+
+
 def _leftover(entry: Path, now: float) -> str | None:
     """Why `entry` is the leftover of an interrupted write or deletion, or None."""
     if not entry.name.startswith("."):
@@ -80,6 +92,10 @@ def prune(settings: Any, report: Report, *, max_idle_days: float, model_sha256s:
             days = (now - used) / 86400
             if now - used <= idle:
                 report.keep(AREA, item, f"used {days:.1f} days ago (kept while used within {max_idle_days:g})")
+            elif folder == "testenv":
+                report.remove(AREA, f"{item} (and its image)", f"not used for {days:.0f} days (more than "
+                              f"{max_idle_days:g})", lambda e=entry, u=used: remove_test_environment(settings, e, u),
+                              size=size_of(entry))  # fmt: skip
             else:
                 report.remove(AREA, item, f"not used for {days:.0f} days (more than {max_idle_days:g})",
                               lambda e=entry, u=used: remove_entry(e, u), size=size_of(entry))  # fmt: skip

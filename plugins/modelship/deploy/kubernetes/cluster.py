@@ -1,6 +1,11 @@
 """The Kubernetes API calls a release makes, through the provider's KubernetesHook on the `kubernetes`
 connection: render, apply (server-side), ensure the namespace and the imagePullSecret, observe pods and
-ReplicaSets, wait for a rollout. The release logic on top of them is target.py."""
+ReplicaSets, wait for a rollout. The release logic on top of them is target.py.
+
+Every call is retried (`_api`, modelship.retry) while the API server does not answer or answers 5xx/429: it
+restarts, it is upgraded, its etcd blips. Every call here is safe to send twice (reads, server-side apply, the
+rollback's JSON patch). Still failing after the policy's budget, a call raises ClusterUnavailable: an outage,
+left to the task's retries, never a verdict on the release. A refusal (403, 422, …) is raised at once."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
@@ -43,6 +48,25 @@ if TYPE_CHECKING:
     from kubernetes.client import AppsV1Api, CoreV1Api, V1Deployment, V1Pod, V1ReplicaSet
 
 log = logging.getLogger("modelship.deploy.kubernetes")
+T = TypeVar("T")
+
+# 1, 2, 4, 8, 8 s between six tries: an API server restarting (≈ 10 s here, a managed control plane's upgrade
+# blip) is ridden out; longer, the task's own retries take over.
+API_POLICY = retry.Policy(attempts=6, base=1.0, max_delay=8.0)
+
+
+class ClusterUnavailable(retry.Transient, RuntimeError):
+    """The Kubernetes API server did not answer (or answered 5xx/429) even after the retries: an outage, not a
+    verdict on the release. The message names the call and the server, never a request or response body."""
+
+
+def said(exc: BaseException) -> str:
+    """What a failed API call says, without its body: an API error can echo the object that was sent."""
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status} {exc.reason or ''}".strip()
+    return retry.first_line(exc)
 
 
 class KubernetesCluster:
@@ -59,6 +83,7 @@ class KubernetesCluster:
         rollout_timeout: float = 600.0,
         poll_interval: float = 2.0,
         kubectl: str | None = None,
+        api_policy: retry.Policy = API_POLICY,
     ) -> None:
         self.conn_id = conn_id
         self.namespace = namespace  # overrides the overlay's namespace when set
@@ -68,6 +93,7 @@ class KubernetesCluster:
         self.rollout_timeout = rollout_timeout
         self.poll_interval = poll_interval
         self.kubectl = kubectl or os.environ.get("MODELSHIP_KUBECTL") or shutil.which("kubectl") or "kubectl"
+        self.api_policy = api_policy
 
     # The hook and its clients are built on first use, never at construction (DAG parse time).
     @cached_property
@@ -86,6 +112,33 @@ class KubernetesCluster:
 
     def _sanitize(self, obj: Any) -> Any:
         return self.hook.api_client.sanitize_for_serialization(obj)
+
+    @property
+    def server(self) -> str:
+        """The API server's address, from the connection's kubeconfig (for messages)."""
+        return str(getattr(self.hook.api_client.configuration, "host", "") or "?")
+
+    def _api(self, what: str, call: Callable[[], T], *, proxied: bool = False) -> T:
+        """call() under API_POLICY; ClusterUnavailable once the API server stayed away for the whole budget.
+
+        proxied: the call reaches a pod through the API server's proxy, so an HTTP error is the pod's answer,
+        raised at once for the caller to judge; only no answer at all is the API server's outage.
+        """
+        from kubernetes.client.exceptions import ApiException
+
+        def transient(exc: BaseException) -> bool:
+            answered = isinstance(exc, ApiException) and exc.status != 0
+            return retry.is_transient(exc) and not (proxied and answered)
+
+        try:
+            return retry.call(call, f"Kubernetes API {what}", policy=self.api_policy, transient=transient, logger=log)
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            raise ClusterUnavailable(
+                f"the Kubernetes API server {self.server} did not answer {what} after {self.api_policy.attempts} "
+                f"attempts: {said(exc)}"
+            ) from (None if isinstance(exc, ApiException) else exc)
 
     # -- render / apply ----------------------------------------------------------------------------------
 
@@ -128,13 +181,11 @@ class KubernetesCluster:
             meta = obj["metadata"]
             namespace = meta.get("namespace") or self.namespace or "default"
             patch = self._patch_call(obj["apiVersion"], obj["kind"])
-            result = patch(
-                meta["name"],
-                namespace,
-                obj,
-                field_manager=FIELD_MANAGER,
-                force=True,
-                _content_type=APPLY_PATCH,
+            result = self._api(
+                f"applying {obj['kind']} {namespace}/{meta['name']}",
+                lambda patch=patch, meta=meta, namespace=namespace, obj=obj: patch(
+                    meta["name"], namespace, obj, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH
+                ),
             )
             log.info("applied %s %s/%s", obj["kind"], namespace, meta["name"])
             applied.append(result)
@@ -145,7 +196,7 @@ class KubernetesCluster:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            self.core.read_namespace(namespace)
+            self._api(f"reading namespace {namespace}", lambda: self.core.read_namespace(namespace))
             return
         except ApiException as exc:
             if exc.status == 403:  # namespace-scoped credentials (usual on shared AKS): assume it exists
@@ -153,7 +204,8 @@ class KubernetesCluster:
             if exc.status != 404:
                 raise
         try:
-            self.core.create_namespace(V1Namespace(metadata=V1ObjectMeta(name=namespace)))
+            body = V1Namespace(metadata=V1ObjectMeta(name=namespace))
+            self._api(f"creating namespace {namespace}", lambda: self.core.create_namespace(body))
             log.info("created namespace %s", namespace)
         except ApiException as exc:
             if exc.status != 409:
@@ -162,7 +214,8 @@ class KubernetesCluster:
     def ensure_pull_secret(self, namespace: str, registry_conn_id: str) -> None:
         """Create or update the imagePullSecret from the registry connection (host, login, password).
 
-        The credential exists only in this API call: never in rendered files, never in logs or errors.
+        The credential exists only in this API call: never in rendered files, never in logs or errors. The
+        API server not answering is retried (ClusterUnavailable after the budget); a refusal is DeploymentFailed.
         """
         from airflow.sdk import BaseHook
         from kubernetes.client.exceptions import ApiException
@@ -183,8 +236,11 @@ class KubernetesCluster:
             "data": {".dockerconfigjson": base64.b64encode(config).decode()},
         }
         try:
-            self.core.patch_namespaced_secret(
-                PULL_SECRET, namespace, body, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH
+            self._api(
+                f"writing imagePullSecret {namespace}/{PULL_SECRET}",
+                lambda: self.core.patch_namespaced_secret(
+                    PULL_SECRET, namespace, body, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH
+                ),
             )
         except ApiException as exc:
             # Not chained and no body: an API error could echo what we sent.
@@ -196,8 +252,11 @@ class KubernetesCluster:
     # -- observe -----------------------------------------------------------------------------------------
 
     def _replica_sets(self, deployment: V1Deployment) -> list[V1ReplicaSet]:
-        labels = selector(deployment)
-        items = self.apps.list_namespaced_replica_set(deployment.metadata.namespace, label_selector=labels).items
+        labels, namespace = selector(deployment), deployment.metadata.namespace
+        items = self._api(
+            f"listing ReplicaSets in {namespace}",
+            lambda: self.apps.list_namespaced_replica_set(namespace, label_selector=labels).items,
+        )
         return [rs for rs in items if owned_by(rs, deployment.metadata.uid)]
 
     def _current_replica_set(self, deployment: V1Deployment) -> V1ReplicaSet | None:
@@ -211,7 +270,10 @@ class KubernetesCluster:
             return None, []
         pod_hash = replica_set.metadata.labels["pod-template-hash"]
         namespace = deployment.metadata.namespace
-        listed = self.core.list_namespaced_pod(namespace, label_selector=f"pod-template-hash={pod_hash}").items
+        listed = self._api(
+            f"listing pods in {namespace}",
+            lambda: self.core.list_namespaced_pod(namespace, label_selector=f"pod-template-hash={pod_hash}").items,
+        )
         live = [p for p in listed if owned_by(p, replica_set.metadata.uid) and p.metadata.deletion_timestamp is None]
         return replica_set, live
 
@@ -240,7 +302,10 @@ class KubernetesCluster:
         grace = deployment.spec.template.spec.termination_grace_period_seconds or 30
         until = time.monotonic() + grace + 30
         while True:
-            pods = self.core.list_namespaced_pod(namespace, label_selector=labels).items
+            pods = self._api(
+                f"listing pods in {namespace}",
+                lambda: self.core.list_namespaced_pod(namespace, label_selector=labels).items,
+            )
             leaving = sorted(pod.metadata.name for pod in pods if pod.metadata.deletion_timestamp is not None)
             if not leaving:
                 return
@@ -256,34 +321,31 @@ class KubernetesCluster:
         Raises RolloutFailed with the pods' states and warning events as soon as the new revision cannot come
         up (crash-looping, an image that cannot be pulled, not ready past its own start-up budget: see
         rollout.hopeless), when the controller reports its progress deadline exceeded, or at ``deadline``.
+        The API server going away meanwhile does not end the wait: the rollout goes on without it, so it is
+        polled again, with backoff, until the deadline (then ClusterUnavailable: nothing is known, nothing rolled
+        back).
         """
         failures = 0
         while True:
             try:
-                deployment = self.apps.read_namespaced_deployment(name, namespace)
+                deployment, state, why = self._observe_rollout(name, namespace, generation)
             except Exception as exc:
-                # An API server blip must not abandon a rollout half-way (no rollback would follow):
-                # keep polling, with backoff, until the deadline.
-                if not retry.is_transient(exc) or time.monotonic() >= deadline:
+                # An API server blip must not abandon a rollout half-way (no rollback would follow).
+                if not retry.is_transient(exc):
                     raise
+                if time.monotonic() >= deadline:
+                    raise ClusterUnavailable(
+                        f"the Kubernetes API server {self.server} did not answer while the rollout of "
+                        f"{namespace}/{name} (generation {generation}) went on, until its deadline: {said(exc)}"
+                    ) from None
                 failures += 1
-                log.warning("reading %s/%s failed (%s), retrying", namespace, name, exc)
+                log.warning("reading the rollout of %s/%s failed (%s), retrying", namespace, name, said(exc))
                 time.sleep(min(self.poll_interval * 2**failures, 30.0, max(0.0, deadline - time.monotonic())))
                 continue
             failures = 0
-            state = rollout_state(deployment, generation)
             if state.done:
                 log.info("rollout of %s/%s complete: %s", namespace, name, state.reason)
                 return deployment
-            why = state.reason if state.failed else None
-            if why is None and (deployment.status.observed_generation or 0) >= generation:
-                # Only once the controller works on this generation: before that the "current" revision is the
-                # old one, whose pods may carry restarts from long ago.
-                _, pods = self.revision_pods(deployment)
-                budget = startup_budget(deployment.spec.template.spec, deployment.spec.min_ready_seconds)
-                cause = hopeless(pods, budget)
-                if cause is not None:
-                    why = f"the new revision cannot come up: {cause}"
             if why is None and time.monotonic() >= deadline:
                 why = f"not complete by the deadline: {state.reason}"
             if why is not None:
@@ -292,3 +354,18 @@ class KubernetesCluster:
                     + self.describe_pods(deployment)
                 )
             time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
+
+    def _observe_rollout(self, name: str, namespace: str, generation: int) -> tuple[V1Deployment, Any, str | None]:
+        """One look at a rollout: the Deployment, its RolloutState, and why it failed (None: not failed yet)."""
+        deployment = self.apps.read_namespaced_deployment(name, namespace)
+        state = rollout_state(deployment, generation)
+        why = state.reason if state.failed else None
+        if not state.done and why is None and (deployment.status.observed_generation or 0) >= generation:
+            # Only once the controller works on this generation: before that the "current" revision is the
+            # old one, whose pods may carry restarts from long ago.
+            _, pods = self.revision_pods(deployment)
+            budget = startup_budget(deployment.spec.template.spec, deployment.spec.min_ready_seconds)
+            cause = hopeless(pods, budget)
+            if cause is not None:
+                why = f"the new revision cannot come up: {cause}"
+        return deployment, state, why

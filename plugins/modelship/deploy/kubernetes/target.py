@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from modelship.deploy import DeploymentFailed
-from modelship.deploy.kubernetes.cluster import KubernetesCluster
+from modelship.deploy.kubernetes.cluster import ClusterUnavailable, KubernetesCluster
 from modelship.deploy.kubernetes.manifests import FIELD_MANAGER, JSON_PATCH, app_image, app_port, template_annotations
 from modelship.deploy.kubernetes.rollout import (
     RollbackFailed,
@@ -54,11 +54,14 @@ class KubernetesTarget(KubernetesCluster):
     ) -> list[dict[str, Any]]:
         """GET /version of every ready pod of the current revision through the API server's pod proxy.
 
+        A wrong or missing answer from a pod is VerificationFailed (a verdict); the API server itself not
+        answering is ClusterUnavailable (an outage: nothing was learned about the pods).
+
         Pods on the host network (the local overlay) share one port: a request to a pod's address may reach any
         pod on the node. So there, pods of earlier revisions must be gone first; then every answer is the
         current revision's.
         """
-        deployment = self.apps.read_namespaced_deployment(name, namespace)
+        deployment = self._read(name, namespace)
         if deployment.spec.template.spec.host_network:
             self.wait_for_terminations(deployment)
         replica_set, pods = self.revision_pods(deployment)
@@ -73,13 +76,18 @@ class KubernetesTarget(KubernetesCluster):
             pod_name = pod.metadata.name
 
             def fetch(timeout: float, pod_name: str = pod_name) -> bytes:
-                response = self.core.connect_get_namespaced_pod_proxy_with_path(
-                    f"{pod_name}:{port}", namespace, "version", _preload_content=False, _request_timeout=timeout
+                return self._api(
+                    f"GET /version of pod {namespace}/{pod_name} (through its proxy)",
+                    lambda: self.core.connect_get_namespaced_pod_proxy_with_path(
+                        f"{pod_name}:{port}", namespace, "version", _preload_content=False, _request_timeout=timeout
+                    ).data,
+                    proxied=True,
                 )
-                return response.data
 
             what = f"pod {namespace}/{pod_name}"
-            answers.append(verify_version(fetch, expected_commit, expected_model_version, what=what))
+            answers.append(
+                verify_version(fetch, expected_commit, expected_model_version, what=what, outage=ClusterUnavailable)
+            )
         log.info(
             "verified %d pod(s) of %s/%s: commit %s, model %s",
             len(answers),
@@ -89,6 +97,10 @@ class KubernetesTarget(KubernetesCluster):
             expected_model_version,
         )
         return answers
+
+    def _read(self, name: str, namespace: str) -> V1Deployment:
+        return self._api(f"reading Deployment {namespace}/{name}",
+                         lambda: self.apps.read_namespaced_deployment(name, namespace))  # fmt: skip
 
     # -- undo ----------------------------------------------------------------------------------------------
 
@@ -100,7 +112,7 @@ class KubernetesTarget(KubernetesCluster):
         Without ``to_revision``, the previous revision. Returns what now serves: revision (the one
         returned to and the new number it got), commit, model version, image.
         """
-        deployment = self.apps.read_namespaced_deployment(name, namespace)
+        deployment = self._read(name, namespace)
         current = revision_of(deployment)
         replica_sets = self._replica_sets(deployment)
         if to_revision is not None and to_revision != current:
@@ -112,8 +124,11 @@ class KubernetesTarget(KubernetesCluster):
         if previous is None:
             raise RollbackFailed(f"{namespace}/{name} has no revision before {current} to roll back to")
         patch = undo_patch(previous, self._sanitize, now())
-        result = self.apps.patch_namespaced_deployment(
-            name, namespace, patch, field_manager=FIELD_MANAGER, _content_type=JSON_PATCH
+        result = self._api(  # the same patch twice leaves the same template: safe to retry
+            f"rolling {namespace}/{name} back",
+            lambda: self.apps.patch_namespaced_deployment(
+                name, namespace, patch, field_manager=FIELD_MANAGER, _content_type=JSON_PATCH
+            ),
         )
         log.warning(
             "rolling %s/%s back from revision %s to revision %s", namespace, name, current, revision_of(previous)
@@ -142,7 +157,7 @@ class KubernetesTarget(KubernetesCluster):
         namespace = namespace or self.namespace or "default"
         out: dict[str, Any] = {"target": self.name, "name": name, "namespace": namespace}
         try:
-            deployment = self.apps.read_namespaced_deployment(name, namespace)
+            deployment = self._read(name, namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return {**out, "serving": False}
@@ -177,7 +192,7 @@ class KubernetesTarget(KubernetesCluster):
         name = name or self.app_name
         namespace = namespace or self.namespace or "default"
         try:
-            deployment = self.apps.read_namespaced_deployment(name, namespace)
+            deployment = self._read(name, namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return []
@@ -268,7 +283,7 @@ class KubernetesTarget(KubernetesCluster):
         stamp = now()
         live = None
         try:
-            live = self.apps.read_namespaced_deployment(deployment["metadata"]["name"], namespace)
+            live = self._read(deployment["metadata"]["name"], namespace)
         except ApiException as exc:
             if exc.status != 404:
                 raise
