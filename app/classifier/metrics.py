@@ -54,10 +54,15 @@ _CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
 
 def _record(response: Response) -> Response:
-    started = g.pop("metrics_started", None)
     rule = request.url_rule
     method = request.method
-    key = (UNMATCHED if rule is None else rule.rule, method if method in METHODS else "other", response.status_code)
+    count(UNMATCHED if rule is None else rule.rule, method, response.status_code, g.pop("metrics_started", None))
+    return response
+
+
+def count(route: str, method: str, status: int, started: float | None) -> None:
+    """One answered request: its counter, and its latency since `started` (time.perf_counter()) if known."""
+    key = (route, method if method in METHODS else "other", status)
     children = _CHILDREN.get(key)
     if children is None:  # any token is a valid method, hence "other"; raw paths never become labels
         labels = (key[0], key[1], str(key[2]))
@@ -65,7 +70,6 @@ def _record(response: Response) -> Response:
     children[0].inc()
     if started is not None:
         children[1].observe(time.perf_counter() - started)
-    return response
 
 
 def init_app(app: Flask, name: str, version: str, sha256: str) -> None:

@@ -90,6 +90,8 @@ def test_metrics_count_requests_by_route_template_and_status_exactly(client, dig
     assert not any("12345" in str(labels) for _, labels in after)
     latency = "classifier_http_request_duration_seconds_count"
     assert delta(latency, route="/healthz", method="GET", status="200") == 3
+    assert delta(latency, route="/score", method="POST", status="200") == 1  # answered by fastpath.py
+    assert delta(latency, route="/score", method="POST", status="400") == 2  # by the view
     assert delta("classifier_images_scored_total") == 4
 
 

@@ -149,3 +149,24 @@ def test_charset_parameter_on_the_json_content_type_is_accepted(client, heldout,
     body = json.dumps({"images": [digit_b64(x[0])]})
     response = client.post("/score", data=body, content_type="application/json; charset=utf-8")
     assert response.status_code == 200
+
+
+def test_answers_are_byte_for_byte_what_jsonify_writes(app, client, heldout, digit_b64):
+    # /score builds its JSON itself (one encoder, no provider lookups); clients and caches see the same bytes
+    # and headers as Flask's jsonify gives.
+    from flask import jsonify
+
+    x, _ = heldout
+    images = [digit_b64(pixels) for pixels in x[:3]]
+    modern = client.post("/score", json={"images": images})
+    body = modern.get_json()
+    with app.app_context():
+        expected = jsonify(model=body["model"], predictions=body["predictions"])
+    assert modern.get_data() == expected.get_data()
+    assert modern.headers["Content-Type"] == expected.headers["Content-Type"] == "application/json"
+    classic = client.post("/score", json={"input": json.dumps(images)})
+    with app.app_context():
+        expected = jsonify(result=classic.get_json()["result"])
+    assert classic.get_data() == expected.get_data()
+    assert classic.headers["Content-Type"] == expected.headers["Content-Type"]
+    assert classic.headers["Content-Length"] == str(len(expected.get_data()))
