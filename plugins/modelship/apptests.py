@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import shutil
 import time
 import uuid
@@ -121,6 +122,19 @@ class TestEnvironment:
     tag: str
     key: str
     built: bool
+    parallel: bool = False  # pytest-xdist is among the requirements: the tests run across the CPUs
+
+
+_XDIST = re.compile(r"pytest[-_.]xdist\b", re.IGNORECASE)
+
+
+def pytest_command(paths: tuple[str, ...], env: TestEnvironment, cpus: float) -> list[str]:
+    """pytest on `paths`, across `cpus` worker processes (pytest-xdist) when the commit's test requirements
+    ask for it and the container may use two CPUs or more; every test runs either way."""
+    command = [f"{VENV}/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    if env.parallel and int(cpus) >= 2:
+        command += ["-n", str(int(cpus))]
+    return [*command, *paths]
 
 
 def _requirements(checkout: Path) -> list[Path]:
@@ -170,7 +184,8 @@ def environment(checkout: Path, cache_dir: Path, docker_like: DockerLike | None 
         with atomic_dir(record, keep_existing=True) as staging:
             (staging / "image").write_text(f"{tag}\n")
     mark_used(record)
-    return TestEnvironment(image=image, tag=tag, key=key, built=built)
+    parallel = any(_XDIST.match(pin) for pin in pins)
+    return TestEnvironment(image=image, tag=tag, key=key, built=built, parallel=parallel)
 
 
 def _build_environment(api: docker.APIClient, paths: list[Path], pins: list[str], recipe: str, tag: str, key: str,
@@ -252,7 +267,8 @@ def run(
     container: str | None = None
     try:
         run_image = _run_image(api, checkout, env, run_id, labels)
-        container = _create(api, run_image, paths, run_id, labels, settings)
+        container = _create(api, run_image, pytest_command(paths, env, settings.apptests_cpus), run_id, labels,
+                            settings)  # fmt: skip
         return _run(api, container, paths, timeout, settings)
     finally:
         _remove(api, container, run_image)
@@ -277,7 +293,7 @@ def _run_image(api: docker.APIClient, checkout: Path, env: TestEnvironment, run_
         shutil.rmtree(context, ignore_errors=True)
 
 
-def _create(api: docker.APIClient, image: str, paths: tuple[str, ...], run_id: str, labels: dict[str, str],
+def _create(api: docker.APIClient, image: str, command: list[str], run_id: str, labels: dict[str, str],
             settings: Settings) -> str:  # fmt: skip
     host_config = api.create_host_config(
         network_mode="none",  # its own loopback only
@@ -297,7 +313,7 @@ def _create(api: docker.APIClient, image: str, paths: tuple[str, ...], run_id: s
     try:
         return api.create_container(
             image,
-            command=[f"{VENV}/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths],
+            command=command,
             name=f"modelship-apptests-{run_id}",
             user=TEST_USER,
             working_dir=SRC,

@@ -190,6 +190,35 @@ def test_red_tests_are_a_verdict_naming_them_and_leave_nothing_behind(
     assert leftovers(docker_client) == []
 
 
+# Each test says which process ran it: pytest-xdist names its workers gw0, gw1, ... in PYTEST_XDIST_WORKER.
+IN_A_WORKER = """\
+import os
+
+
+def test_{name}():
+    assert os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"), "not run by an xdist worker"
+"""
+
+
+def test_tests_run_across_the_cpus_when_the_commit_asks_for_pytest_xdist(
+    engine_env, docker_client, apptests_cache, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tests = {f"test_{name}.py": IN_A_WORKER.format(name=name) for name in ("a", "b", "c")}
+    # Without pytest-xdist among its requirements, the same tests run in one process, and fail here.
+    serial = make_checkout(tmp_path / "serial", tests)
+    with pytest.raises(apptests.AppTestsFailed, match="3 failed"):
+        apptests.run(serial, apptests_cache)
+    xdist = PYTEST_ONLY + "execnet==2.1.2\npytest-xdist==3.8.0\n"
+    parallel = make_checkout(tmp_path / "parallel", tests, requirements_test=xdist)
+    assert apptests.environment(parallel, apptests_cache).parallel
+    assert apptests.run(parallel, apptests_cache).startswith("3 passed")
+    # One CPU for the test container: one process, whatever the requirements.
+    monkeypatch.setenv("MODELSHIP_APPTESTS_CPUS", "1")
+    with pytest.raises(apptests.AppTestsFailed, match="3 failed"):
+        apptests.run(parallel, apptests_cache)
+    assert leftovers(docker_client) == []
+
+
 def test_a_commit_that_changes_no_requirement_installs_nothing(
     engine_env, docker_client, apptests_cache, tmp_path
 ) -> None:
