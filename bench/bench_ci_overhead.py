@@ -1,8 +1,9 @@
 """CI overhead: the ci DAG end to end ÷ the same steps as a plain Python script. Target <= 1.15.
 
-Baseline ("plain script"): git clone + checkout of the commit; pytest of tests/app in the cached test
-venv; the model's files downloaded with azure-storage-blob; `docker build` (classic builder) of the same
-context; `docker run` + /readyz + POST /score (the smoke test); `docker push`. No Airflow, no modelship.
+Baseline ("plain script"): git clone + checkout of the commit; `docker run` of pytest on tests/app in the
+cached test environment image (the ci test step's image and command, the checkout mounted read-only); the
+model's files downloaded with azure-storage-blob; `docker build` (classic builder) of the same context;
+`docker run` + /readyz + POST /score (the smoke test); `docker push`. No Airflow, no modelship.
 
 Results: the ci DAG for the same kind of commit, (a) with dag.test() in-process and (b) through real
 Airflow components (scheduler, dag-processor, api-server; LocalExecutor), triggered over the REST API and
@@ -31,7 +32,7 @@ from typing import Any
 
 from bench import MODEL_NAME, REPOSITORY
 from bench.artifacts import SourceRepo, publish_and_promote, train
-from bench.components import BenchStack, clear_model_cache
+from bench.components import BenchStack, app_tests_argv, clear_model_cache
 from bench.dag_runs import AirflowServer, run_dag, use_airflow_home
 from bench.load import sample_request, wait_http
 from bench.logs import log_file, output_to, run_cli
@@ -46,8 +47,8 @@ TARGET = "<= 1.15"
 class PlainScript:
     """The CI steps with nothing but git, pytest, azure-storage-blob and the docker CLI."""
 
-    def __init__(self, stack: BenchStack, source: SourceRepo, testenv: Path) -> None:
-        self.stack, self.source, self.testenv = stack, source, testenv
+    def __init__(self, stack: BenchStack, source: SourceRepo) -> None:
+        self.stack, self.source = stack, source
         self.registry = stack.registry.address
         self.config = stack.root / "docker-cli"
         self.config.mkdir(exist_ok=True)
@@ -85,11 +86,7 @@ class PlainScript:
 
         with stopwatch() as t:
             src = work / "src"
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTHON"))}
-            env["PYTHONDONTWRITEBYTECODE"] = "1"
-            env["PYTHONPATH"] = os.pathsep.join(str(src / p) for p in (".", "plugins", "app"))
-            self._run(str(self.testenv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                      "tests/app", cwd=src, env=env)  # fmt: skip
+            self._run(*app_tests_argv(self.stack.docker.url, src, self.stack.cache))
         steps["test"] = t["s"]
 
         with stopwatch() as t:
@@ -171,8 +168,8 @@ def main(runs: int) -> Report:
             package = train(stack.root, "v1")
             manifest = publish_and_promote(package)
             sha = open_store().manifest_sha256(MODEL_NAME, "v1")
-            testenv = apptests.environment(source.path, stack.cache)
-            plain = PlainScript(stack, source, testenv)
+            apptests.environment(source.path, stack.cache)  # built before the timed runs, as the warm-up does
+            plain = PlainScript(stack, source)
             warmup = run_dag("ci", {"commit": source.code_change()})
         print(f"warm-up dag.test() run: {warmup.state} in {warmup.seconds:.0f} s (not counted)", flush=True)
         if warmup.state != "success":

@@ -17,15 +17,13 @@ PyPI, not modelship.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import shutil
 import subprocess
 from typing import Any
 
 from bench import REPOSITORY, STATE
 from bench.artifacts import SourceRepo, publish_and_promote, train
-from bench.components import SHARED_CACHE, BenchStack
+from bench.components import BenchStack, app_tests_argv
 from bench.dag_runs import run_dag, use_airflow_home
 from bench.logs import log_file, output_to, run_cli
 from bench.recorders import PushRecorder, StoreRecorder, model_layer
@@ -82,17 +80,12 @@ def one_pair(i: int, logs: Any) -> dict[str, Any]:
 
 def test_durations(logs: Any) -> list[dict[str, Any]]:
     """The slowest of the app's own tests (pytest --durations), from a clean clone: the test step's profile."""
-    from modelship import apptests
 
-    root = STATE / f"{TOPIC}-durations"
-    source = SourceRepo(root / "source")
-    venv = apptests.environment(source.path, SHARED_CACHE)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTHON"))}
-    env["PYTHONPATH"] = os.pathsep.join(str(source.path / p) for p in (".", "plugins", "app"))
-    done = subprocess.run([str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "--durations=8", "tests/app"], cwd=source.path, env=env, capture_output=True,
-                          text=True)  # fmt: skip
-    shutil.rmtree(root, ignore_errors=True)
+    with BenchStack(f"{TOPIC}-durations") as stack:
+        stack.apply(stack.env())
+        source = SourceRepo(stack.root / "source")
+        argv = app_tests_argv(stack.docker.url, source.path, stack.cache, "--durations=8")
+        done = subprocess.run(argv, capture_output=True, text=True)
     rows = []
     for line in done.stdout.splitlines():
         match = re.match(r"^([\d.]+)s (call|setup|teardown)\s+(\S+)", line)

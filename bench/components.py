@@ -111,3 +111,18 @@ class BenchStack(Running):
         import docker
 
         return docker.APIClient(base_url=self.docker.url, timeout=600)
+
+
+def app_tests_argv(engine_url: str, checkout: Path, cache: Path, *pytest_args: str) -> list[str]:
+    """`docker run` of the app's tests as a plain script would: the ci test step's environment image (built or
+    reused by modelship.apptests) and its pytest command, the checkout bind-mounted read-only, no network."""
+    from modelship import apptests
+    from modelship.settings import Settings
+
+    env = apptests.environment(checkout, cache)
+    command = apptests.pytest_command(("tests/app",), env, Settings.get().apptests_cpus)
+    settings = [f"{key}={value}" for key, value in apptests.TEST_ENVIRONMENT.items()]
+    return ["docker", "-H", engine_url, "run", "--rm", "--network", "none", "--user", apptests.TEST_USER,
+            "--sysctl", "net.ipv4.tcp_migrate_req=1", "-v", f"{checkout}:{apptests.SRC}:ro", "-w", apptests.SRC,
+            *[arg for setting in settings for arg in ("-e", setting)], env.image,
+            *command[:-1], *pytest_args, command[-1]]  # fmt: skip

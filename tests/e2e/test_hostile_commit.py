@@ -65,12 +65,12 @@ def http(method, url, headers=None, body=None):
 
 
 def test_environment():
-    # What the container was started with (the repository's own conftest sets AIRFLOW_HOME & co. in-process).
+    # What the container was started with: its first process's environment. Not this process's: the repository's
+    # own conftest sets AIRFLOW_HOME & co. in-process, and pytest-xdist's workers are started with that.
     given = {{}}
-    for proc in ("/proc/1/environ", "/proc/self/environ"):
-        for entry in open(proc, "rb").read().decode(errors="replace").split("\\0"):
-            if "=" in entry:
-                given.setdefault(*entry.split("=", 1))
+    for entry in open("/proc/1/environ", "rb").read().decode(errors="replace").split("\\0"):
+        if "=" in entry:
+            given.setdefault(*entry.split("=", 1))
     wanted = ("AIRFLOW", "CONN", "PASSWORD", "SECRET", "TOKEN", "KEY", "DOCKER", "MODELSHIP", "AZURE")
     got = {{k: v for k, v in given.items() if any(w in k.upper() for w in wanted)}}
     FOUND.update(got)
