@@ -9,16 +9,16 @@ from typing import Any
 
 
 class PushRecorder:
-    """Records every push's stream (layer id → statuses, bytes) by wrapping images._read_push_stream."""
+    """Records every push's stream (layer id → statuses, bytes) by wrapping images.push._read_push_stream."""
 
     def __init__(self) -> None:
         self.pushes: list[dict[str, dict[str, Any]]] = []
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[PushRecorder]:
-        from modelship import images
+        from modelship.images import push
 
-        original = images._read_push_stream
+        original = push._read_push_stream
 
         def wrapper(stream: Any, *args: Any, **kwargs: Any) -> str:
             layers: dict[str, dict[str, Any]] = {}
@@ -37,11 +37,11 @@ class PushRecorder:
 
             return original(tee(), *args, **kwargs)
 
-        images._read_push_stream = wrapper
+        push._read_push_stream = wrapper
         try:
             yield self
         finally:
-            images._read_push_stream = original
+            push._read_push_stream = original
 
 
 class StoreRecorder:
