@@ -1,6 +1,6 @@
 """Run every benchmark (each in its own interpreter, as `python -m bench.<module>`) and write bench/RESULTS.md.
 
-    python -m bench.run_all                      # all of them (about 1.5 hours on 2 busy cores)
+    python -m bench.run_all                      # all of them (about 2 hours on 2 busy cores)
     python -m bench.run_all --only parse serving # some of them; the others' last saved results are kept
     python -m bench.run_all --render             # only rewrite RESULTS.md from the saved results
 
@@ -24,7 +24,8 @@ from bench.report import RESULTS_DIR, fmt, loadavg
 
 HERE = Path(__file__).resolve().parent
 # Cheap first, so a broken environment shows up in seconds rather than after the hour-long ones.
-ORDER = ["parse", "model_fetch", "serving", "release", "incremental", "ci_overhead"]
+# watcher and orchestration measure issue 19's targets (commit → ci running; Airflow's gaps between tasks).
+ORDER = ["parse", "model_fetch", "serving", "release", "incremental", "ci_overhead", "watcher", "orchestration"]
 MODULES = {topic: f"bench.bench_{topic}" for topic in ORDER}
 
 
