@@ -63,7 +63,7 @@ VARIANTS: dict[str, tuple[dict[str, str], str]] = {
     "preload": ({**AIRFLOW_DEFAULTS, **PRELOADED}, "forkserver preloading modelship.preload (idle sleep 1 s)"),
     "new interpreter": ({**AIRFLOW_DEFAULTS, "AIRFLOW__CORE__EXECUTE_TASKS_NEW_PYTHON_INTERPRETER": "True"},
                         "execute_tasks_new_python_interpreter (a fresh interpreter per task)"),
-    "shipped": ({}, "devstack.stack.airflow_settings as shipped (idle sleep 0.1 s, forkserver preload)"),
+    "shipped": ({}, "devstack.stack.airflow_settings as shipped (idle sleep 0.25 s, fork)"),
 }  # fmt: skip
 
 PHASES = (

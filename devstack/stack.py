@@ -54,17 +54,12 @@ def airflow_project(home: Path) -> dict[str, str]:
 
 
 # Airflow's own cost per task (issue 19; bench/bench_orchestration.py measures each against Airflow's default):
-# - the scheduler sleeps this long after a loop that found nothing to do (default 1 s), and a finished task's
-#   successor waits for its next loop: 0.1 s cuts ~0.7 s from every task transition, for a few % of a core
-#   spent looping while idle (on SQLite that is also the database's work);
-# - the LocalExecutor forks its workers from a forkserver that has imported modelship.preload (the libraries
-#   every task imports: the Azure and docker SDKs, OpenLineage, Airflow's plugins), so each task process
-#   inherits them instead of importing them again (0.2-0.8 s per task).
-SCHEDULING = {
-    "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.1",
-    "AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver",
-    "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": "modelship.preload",
-}
+# the scheduler sleeps this long after a loop that found nothing to do (default 1 s), and a finished task's
+# successor waits for its next loop. On an empty eight-task DAG (3 runs each, quiet machine): 7.2 s outside the
+# task bodies on the defaults, 1.1 s at 0.25 s (6.9 % of a core idle, on SQLite the database's work too), 1.6 s at
+# 0.1 s (15 %). Task processes forked from a forkserver preloading modelship.preload measured worse (8.7 s with
+# the default sleep, 4.3 s with 0.1 s), so the LocalExecutor keeps Airflow's default start method.
+SCHEDULING = {"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25"}
 
 
 def airflow_settings(home: Path, port: int) -> dict[str, str]:

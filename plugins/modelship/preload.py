@@ -3,9 +3,10 @@
 Airflow runs each task in a fresh process forked from an executor worker; whatever that worker has imported,
 the task has for free, everything else each task imports again. Left alone, every ci task imported the Azure
 SDK (0.6 s, through WasbHook), the docker SDK, numpy/PIL, the OpenLineage client and Airflow's plugins anew.
-This module is what ``[scheduler] mp_forkserver_preload`` names (with ``mp_start_method = forkserver``,
-devstack.stack.airflow_settings): the LocalExecutor's forkserver imports it once, and every worker and task
-forked from it inherits the modules copy-on-write (bench/bench_orchestration.py measures it).
+The compose stack's Celery workers import it before they fork their pool (modelship.celery_config).
+bench/bench_orchestration.py's "preload" variant names it in ``[scheduler] mp_forkserver_preload`` (with
+``mp_start_method = forkserver``) for the LocalExecutor, where it measured slower than Airflow's default fork,
+so `make up` does not use it.
 
 Libraries and Airflow only, never modelship's own modules: those stay imported by the DAG file in each task,
 so a code change in plugins/modelship reaches the next task without restarting Airflow (a preloaded module
