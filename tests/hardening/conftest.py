@@ -8,12 +8,14 @@ started by test_airflow_stack.py.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from devstack import components
 from tests.e2e.pipeline import REPO
+from tests.faultproxy import FaultProxy
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +48,13 @@ def registry_conn(registry: components.Registry, monkeypatch: pytest.MonkeyPatch
     for key, value in components.airflow_connections({"modelship_registry": registry.connection}).items():
         monkeypatch.setenv(key, value)
     return registry.address
+
+
+@pytest.fixture
+def registry_proxy(registry: components.Registry, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the harness registry, and the modelship_registry connection through it."""
+    with FaultProxy(registry.port, name="registry-proxy") as proxy:
+        connection = {**registry.connection, "host": proxy.address}
+        for key, value in components.airflow_connections({"modelship_registry": connection}).items():
+            monkeypatch.setenv(key, value)
+        yield proxy

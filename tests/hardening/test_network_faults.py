@@ -136,15 +136,6 @@ def test_a_model_file_damaged_on_both_downloads_is_a_verdict_after_exactly_one_m
 # --- the registry through a proxy --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def registry_proxy(registry: components.Registry, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
-    """A proxy in front of the harness registry, and the modelship_registry connection pointing at it."""
-    with FaultProxy(registry.port, name="registry-proxy") as proxy:
-        conn = {"conn_type": "docker", "host": proxy.address, "login": registry.username,
-                "password": registry.password}  # fmt: skip
-        monkeypatch.setenv("AIRFLOW_CONN_MODELSHIP_REGISTRY", json.dumps(conn))
-        yield proxy
-
 
 @pytest.mark.registry
 def test_registry_reads_ride_out_http_500s_and_a_connection_reset(

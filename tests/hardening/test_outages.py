@@ -126,20 +126,10 @@ def test_ci_push_with_the_registry_down_retries_then_fails_and_pushes_nothing(
 # --- the registry or the engine stopped mid-push, then back -----------------------------------------------------
 
 
-@pytest.fixture
-def push_through_proxy(registry: components.Registry, monkeypatch: pytest.MonkeyPatch):
-    """A proxy in front of the registry (to see a layer going up) and the registry connection through it."""
-    with FaultProxy(registry.port, name="registry-proxy") as proxy:
-        conn = {"conn_type": "docker", "host": proxy.address, "login": registry.username,
-                "password": registry.password}  # fmt: skip
-        monkeypatch.setenv("AIRFLOW_CONN_MODELSHIP_REGISTRY", json.dumps(conn))
-        yield proxy
-
-
 @pytest.mark.docker
 @pytest.mark.registry
 def test_registry_stopped_mid_push_then_back_the_push_ends_green_and_the_image_is_whole(
-    push_through_proxy: FaultProxy, registry: components.Registry, docker_client, tmp_path: Path
+    registry_proxy: FaultProxy, registry: components.Registry, docker_client, tmp_path: Path
 ) -> None:
     outage: list[str] = []
 
@@ -149,7 +139,7 @@ def test_registry_stopped_mid_push_then_back_the_push_ends_green_and_the_image_i
         registry.start()
 
     up = Watch(match="PATCH /v2/.*/blobs/uploads/", after=1 << 20, then=registry_goes_away)
-    push_through_proxy.arm(up)
+    registry_proxy.arm(up)
     image = unique_image(docker_client, tmp_path, megabytes=8)
     try:
         with log_messages("modelship.images") as messages:
@@ -165,7 +155,7 @@ def test_registry_stopped_mid_push_then_back_the_push_ends_green_and_the_image_i
 @pytest.mark.docker
 @pytest.mark.registry
 def test_engine_stopped_mid_push_then_back_the_push_retries_and_ends_green(
-    push_through_proxy: FaultProxy, registry: components.Registry, docker_engine: components.DockerEngine,
+    registry_proxy: FaultProxy, registry: components.Registry, docker_engine: components.DockerEngine,
     docker_client, tmp_path: Path,
 ) -> None:  # fmt: skip
     restarted: list[str] = []
@@ -183,7 +173,7 @@ def test_engine_stopped_mid_push_then_back_the_push_retries_and_ends_green(
         restarted.append("engine")
 
     up = Watch(match="PATCH /v2/.*/blobs/uploads/", after=1 << 20, then=engine_goes_away)
-    push_through_proxy.arm(up)
+    registry_proxy.arm(up)
     image = unique_image(docker_client, tmp_path, megabytes=8)
     try:
         with log_messages("modelship.images", logging.WARNING) as retries:
