@@ -15,7 +15,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,10 +62,18 @@ def kill_release_mid_swap(docker_client, engine: components.DockerEngine, port: 
     assert code == -signal.SIGKILL, f"the release was not killed mid-swap (exit {code})"
 
 
-@pytest.mark.docker
-def test_a_release_killed_mid_swap_is_healed_by_the_next_release_before_anything_else(
-    docker_engine: components.DockerEngine, docker_client
-) -> None:
+@dataclass
+class CutOff:
+    """v1 served on `port`, then a release to v2 killed mid-swap: `old` (v1's container) stopped, nothing serves."""
+
+    port: int
+    old: Any
+    v1: Any
+    v2: Any
+
+
+@pytest.fixture
+def cut_off(docker_engine: components.DockerEngine, docker_client) -> Iterator[CutOff]:
     port = net.free_port()
     v1 = build_standin(docker_client, "modelship-hardening/swap:v1", "swap-v1", reuse_port=False, stop_delay=3)
     v2 = build_standin(docker_client, "modelship-hardening/swap:v2", "swap-v2", reuse_port=False)
@@ -76,58 +87,49 @@ def test_a_release_killed_mid_swap_is_healed_by_the_next_release_before_anything
         while old.status == "running" and time.monotonic() < deadline:  # its graceful stop takes 3 s
             time.sleep(0.2)
             old.reload()
-        # Nothing serves, and nothing of v2 was started: the old container stopped, the new one never came.
-        assert old.status == "exited", old.status
-        assert not net.port_open(port)
-        assert [c.id for c in containers_of(docker_client, port)] == [old.id]
-        assert DockerTarget(docker_host=docker_engine.url, port=port).status()["serving"] is False
-
-        since = int(time.time())
-        with log_messages("modelship.deploy", logging.WARNING) as warnings:
-            event = DockerTarget(docker_host=docker_engine.url, port=port, ready_timeout=20).deploy(
-                v2.tag, v2.lineage()
-            )
-        assert event.commit == v2.commit and serving_commit(port) == v2.commit
-        assert any("a release was cut off mid-swap" in m and old.name in m for m in warnings), warnings
-        # Before anything else: the old container was started again before any v2 container was created.
-        happened = [
-            (e["Action"], e["id"], e["Actor"]["Attributes"].get("image"))
-            for e in docker_client.api.events(since=since, until=int(time.time()) + 1, decode=True,
-                                              filters={"type": "container"})  # fmt: skip
-        ]
-        healed = next(i for i, (action, cid, _) in enumerate(happened) if (action, cid) == ("start", old.id))
-        first_v2 = next(i for i, (action, _, image) in enumerate(happened)
-                        if action == "create" and image in (v2.id, v2.tag))  # fmt: skip
-        assert healed < first_v2, happened
+        assert old.status == "exited" and not net.port_open(port), old.status
+        yield CutOff(port, old, v1, v2)
     finally:
         for container in containers_of(docker_client, port):
             container.remove(force=True)
 
 
 @pytest.mark.docker
-def test_devstack_up_heals_a_release_killed_mid_swap(
-    docker_engine: components.DockerEngine, docker_client, stack_dir: Path, capsys: pytest.CaptureFixture[str]
+def test_a_release_killed_mid_swap_is_healed_by_the_next_release_before_anything_else(
+    docker_engine: components.DockerEngine, docker_client, cut_off: CutOff
 ) -> None:
-    port = net.free_port()
-    v1 = build_standin(docker_client, "modelship-hardening/swap:v1", "swap-v1", reuse_port=False, stop_delay=3)
-    v2 = build_standin(docker_client, "modelship-hardening/swap:v2", "swap-v2", reuse_port=False)
-    try:
-        DockerTarget(docker_host=docker_engine.url, port=port, ready_timeout=20).deploy(v1.tag, v1.lineage())
-        [old] = containers_of(docker_client, port)
-        kill_release_mid_swap(docker_client, docker_engine, port, old.id, v2)
-        deadline = time.monotonic() + 30
-        while old.status == "running" and time.monotonic() < deadline:
-            time.sleep(0.2)
-            old.reload()
-        assert old.status == "exited" and not net.port_open(port)
+    port, old, v2 = cut_off.port, cut_off.old, cut_off.v2
+    # Nothing serves, and nothing of v2 was started: the old container stopped, the new one never came.
+    assert [c.id for c in containers_of(docker_client, port)] == [old.id]
+    assert DockerTarget(docker_host=docker_engine.url, port=port).status()["serving"] is False
 
-        # What `make up` runs once the engine is up (the harness engine lives in the stack folder's docker/).
-        assert Stack(stack_dir).docker.url == docker_engine.url
-        assert Stack(stack_dir).heal_release(port) == old.name
-        assert wait_serving(port) == v1.commit
-        assert f"{old.name} serves again" in capsys.readouterr().out
-        assert Stack(stack_dir).heal_release(port) is None  # something serves: nothing to do
-    finally:
-        for container in containers_of(docker_client, port):
-            container.remove(force=True)
+    since = int(time.time())
+    with log_messages("modelship.deploy", logging.WARNING) as warnings:
+        event = DockerTarget(docker_host=docker_engine.url, port=port, ready_timeout=20).deploy(
+            v2.tag, v2.lineage()
+        )
+    assert event.commit == v2.commit and serving_commit(port) == v2.commit
+    assert any("a release was cut off mid-swap" in m and old.name in m for m in warnings), warnings
+    # Before anything else: the old container was started again before any v2 container was created.
+    happened = [
+        (e["Action"], e["id"], e["Actor"]["Attributes"].get("image"))
+        for e in docker_client.api.events(since=since, until=int(time.time()) + 1, decode=True,
+                                          filters={"type": "container"})  # fmt: skip
+    ]
+    healed = next(i for i, (action, cid, _) in enumerate(happened) if (action, cid) == ("start", old.id))
+    first_v2 = next(i for i, (action, _, image) in enumerate(happened)
+                    if action == "create" and image in (v2.id, v2.tag))  # fmt: skip
+    assert healed < first_v2, happened
 
+
+@pytest.mark.docker
+def test_devstack_up_heals_a_release_killed_mid_swap(
+    docker_engine: components.DockerEngine, stack_dir: Path, capsys: pytest.CaptureFixture[str], cut_off: CutOff
+) -> None:
+    port, old = cut_off.port, cut_off.old
+    # What `make up` runs once the engine is up (the harness engine lives in the stack folder's docker/).
+    assert Stack(stack_dir).docker.url == docker_engine.url
+    assert Stack(stack_dir).heal_release(port) == old.name
+    assert wait_serving(port) == cut_off.v1.commit
+    assert f"{old.name} serves again" in capsys.readouterr().out
+    assert Stack(stack_dir).heal_release(port) is None  # something serves: nothing to do
