@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
 import devstack
 from devstack import components, rootfs
 from modelship import net
+from modelship.lineage import CONTAINER_PORT
 from tests.e2e.pipeline import REPO, git, run_dag
 
 
@@ -52,6 +54,11 @@ def pipeline_env(
         for key, value in env.items():
             mp.setenv(key, value)
         yield env
+    # What the releases left serving (a failed story stops halfway) must not stay on the shared engine.
+    engine = docker.DockerClient(base_url=docker_engine.url)
+    ours = {"label": f"{CONTAINER_PORT}={env['MODELSHIP_DOCKER_DEPLOY_PORT']}"}
+    for container in engine.containers.list(all=True, filters=ours):
+        container.remove(force=True)
 
 
 @pytest.fixture(scope="session")

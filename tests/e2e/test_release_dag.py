@@ -58,9 +58,8 @@ def release(**conf: Any):
 def build(commit: str, expect_push: bool = True) -> dict[str, Any]:
     """A ci run of `commit` with the model the alias names now; its `image` event."""
     run = run_dag("ci", {"commit": commit})
-    states = task_states(run)
-    assert str(run.state) == "success", states
-    assert states["push" if expect_push else "announce"] == "success", states
+    assert str(run.state) == "success", why(run)
+    assert task_states(run)["push" if expect_push else "announce"] == "success", why(run)
     return asset_events("image")[-1]
 
 

@@ -215,11 +215,17 @@ def test_engine_stopped_mid_build_is_a_retryable_error_and_leaves_no_image(
         except BaseException as exc:  # noqa: BLE001 (reported below)
             outcome["error"] = exc
 
+    def build_step_running() -> bool:
+        # The RUN step's container: new, and of the base image or one built on it (`ancestor` matches both,
+        # so containers other suites left on the engine are excluded by id).
+        return any(c.id not in before for c in docker_client.containers.list(filters={"ancestor": rootfs.BASE_IMAGE}))
+
+    before = {c.id for c in docker_client.containers.list(all=True)}
     worker = threading.Thread(target=build)
     worker.start()
     try:
         deadline = time.monotonic() + 60
-        while not docker_client.containers.list(filters={"ancestor": rootfs.BASE_IMAGE}):
+        while not build_step_running():
             assert time.monotonic() < deadline and worker.is_alive(), outcome
             time.sleep(0.2)
         docker_engine.stop()

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from devstack import components
-from modelship import net
+from modelship import lineage, net
 from modelship.deploy import DeploymentFailed
 from modelship.deploy.docker import DockerTarget
 
@@ -26,9 +26,10 @@ def serving(port: int) -> dict[str, Any]:
         return json.load(response)
 
 
-def modelship_containers(docker_client, role: str | None = None) -> list:
-    label = f"io.modelship.role={role}" if role else "io.modelship.role"
-    return docker_client.containers.list(all=True, filters={"label": label})
+def modelship_containers(docker_client, port: int, role: str | None = None) -> list:
+    """modelship's containers of the target on `port` (other suites' targets may share the engine)."""
+    labels = [f"{lineage.CONTAINER_PORT}={port}", lineage.CONTAINER_ROLE + (f"={role}" if role else "")]
+    return docker_client.containers.list(all=True, filters={"label": labels})
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +50,12 @@ def v2_serving(target: DockerTarget, standin, docker_client, port: int):
     assert serving(port)["commit"] == v1.commit
     second = target.deploy(v2.tag, v2.lineage())
     yield v1, v2, first, second
-    for container in modelship_containers(docker_client):
+    for container in modelship_containers(docker_client, port):
         container.remove(force=True)
 
 
-def the_serving_container(docker_client):
-    apps = [c for c in modelship_containers(docker_client, "app") if c.status == "running"]
+def the_serving_container(docker_client, port: int):
+    apps = [c for c in modelship_containers(docker_client, port, "app") if c.status == "running"]
     assert len(apps) == 1, [c.name for c in apps]
     return apps[0]
 
@@ -66,14 +67,14 @@ def test_v2_replaces_v1_on_the_fixed_port(v2_serving, port: int, docker_client) 
     assert second.commit == v2.commit and second.model_version == v2.model_version
     assert second.image_digest == v2.id and second.target == "docker"
     # v1's container is gone, and no candidate was left behind.
-    containers = modelship_containers(docker_client)
+    containers = modelship_containers(docker_client, port)
     assert [c.name for c in containers] == [f"modelship-app-{v2.id.split(':')[1][:12]}"]
     assert containers[0].id.startswith(second.revision)
 
 
 def test_the_serving_container_is_locked_down_and_labelled(v2_serving, docker_client, port: int) -> None:
     _, v2, _, _ = v2_serving
-    container = the_serving_container(docker_client)
+    container = the_serving_container(docker_client, port)
     host = container.attrs["HostConfig"]
     assert host["ReadonlyRootfs"] is True
     assert host["CapDrop"] == ["ALL"]
@@ -107,11 +108,13 @@ def test_status_on_a_port_nothing_serves(docker_engine) -> None:
     assert status["serving"] is False and status["target"] == "docker"
 
 
-def test_redeploying_the_serving_image_leaves_it_alone(v2_serving, target: DockerTarget, docker_client) -> None:
+def test_redeploying_the_serving_image_leaves_it_alone(
+    v2_serving, target: DockerTarget, docker_client, port: int
+) -> None:
     _, v2, _, second = v2_serving
-    before = the_serving_container(docker_client)
+    before = the_serving_container(docker_client, port)
     again = target.deploy(v2.tag, v2.lineage())
-    after = the_serving_container(docker_client)
+    after = the_serving_container(docker_client, port)
     assert again.revision == second.revision
     assert after.id == before.id and after.attrs["State"]["StartedAt"] == before.attrs["State"]["StartedAt"]
 
@@ -129,7 +132,7 @@ def test_a_bad_image_fails_as_a_candidate_and_v2_keeps_serving(
 ) -> None:
     _, v2, _, _ = v2_serving
     bad = standin(key, broken=broken, reports_commit="f" * 40 if lie else "")
-    before = the_serving_container(docker_client)
+    before = the_serving_container(docker_client, port)
     started = time.monotonic()
     with pytest.raises(DeploymentFailed) as failed:
         target.deploy(bad.tag, bad.lineage())
@@ -139,11 +142,11 @@ def test_a_bad_image_fails_as_a_candidate_and_v2_keeps_serving(
     if broken == "exit":  # a crash is seen at once, not after the readiness timeout
         assert time.monotonic() - started < target.ready_timeout
     # v2 was never stopped: same container, same start, still answering on the fixed port.
-    after = the_serving_container(docker_client)
+    after = the_serving_container(docker_client, port)
     assert after.id == before.id and after.attrs["State"]["StartedAt"] == before.attrs["State"]["StartedAt"]
     assert serving(port)["commit"] == v2.commit
-    assert modelship_containers(docker_client, "candidate") == []
-    assert len(modelship_containers(docker_client)) == 1
+    assert modelship_containers(docker_client, port, "candidate") == []
+    assert len(modelship_containers(docker_client, port)) == 1
 
 
 def test_failure_on_the_serving_port_leaves_v2_serving_never_stopped(
@@ -152,17 +155,17 @@ def test_failure_on_the_serving_port_leaves_v2_serving_never_stopped(
     _, v2, _, _ = v2_serving
     # Healthy as a candidate on a spare port, dies on the fixed one: only serving beside v2 can catch it.
     fragile = standin("fragile", broken=f"port:{port}")
-    before = the_serving_container(docker_client)
+    before = the_serving_container(docker_client, port)
     target = DockerTarget(docker_host=docker_engine.url, port=port, ready_timeout=15)
     with pytest.raises(DeploymentFailed) as failed:
         target.deploy(fragile.tag, fragile.lineage())
     message = str(failed.value)
     assert "failed beside the serving container" in message and "never stopped" in message, message
-    after = the_serving_container(docker_client)
+    after = the_serving_container(docker_client, port)
     assert after.id == before.id and after.attrs["State"]["StartedAt"] == before.attrs["State"]["StartedAt"]
     assert serving(port)["commit"] == v2.commit
     assert target.status()["commit"] == v2.commit
-    assert len(modelship_containers(docker_client)) == 1
+    assert len(modelship_containers(docker_client, port)) == 1
 
 
 def test_images_that_cannot_share_the_port_are_swapped_and_a_failure_rolls_back(
@@ -174,14 +177,14 @@ def test_images_that_cannot_share_the_port_are_swapped_and_a_failure_rolls_back(
     legacy = standin("legacy", reuse_port=False)
     event = target.deploy(legacy.tag, legacy.lineage())
     assert event.commit == legacy.commit and serving(port)["commit"] == legacy.commit
-    assert len(modelship_containers(docker_client)) == 1
+    assert len(modelship_containers(docker_client, port)) == 1
     # Swapping to one that dies on the serving port: the old container itself comes back (not a copy).
-    before = the_serving_container(docker_client)
+    before = the_serving_container(docker_client, port)
     fragile = standin("fragile-legacy", broken=f"port:{port}", reuse_port=False)
     with pytest.raises(DeploymentFailed) as failed:
         target.deploy(fragile.tag, fragile.lineage())
     assert "failed on the serving port" in str(failed.value) and "rolled back" in str(failed.value), failed.value
-    after = the_serving_container(docker_client)
+    after = the_serving_container(docker_client, port)
     assert after.id == before.id and after.name == before.name
     assert serving(port)["commit"] == legacy.commit
     # And back to v2 (it shares the port; the legacy one does not): swapped too.
