@@ -202,7 +202,7 @@ def main(runs: int) -> Report:
                         if timing.state != "success":
                             raise RuntimeError(f"{name} ci run failed: {timing.tasks}; see {logs}")
                         retried = {k: v["tries"] for k, v in timing.tasks.items() if (v["tries"] or 1) > 1}
-                        row = {"total": timing.seconds, "tasks_sum": timing.task_seconds,
+                        row = {"total": timing.seconds, "tasks_sum": timing.task_seconds, "busy": timing.busy_seconds,
                                **{k: v["seconds"] for k, v in timing.tasks.items()}, "retried": retried}  # fmt: skip
                     else:
                         row = out["steps"]
@@ -221,14 +221,19 @@ def main(runs: int) -> Report:
         report.add(f"ci DAG, {label}: orchestration only", "Σ task durations of the run",
                    [r["tasks_sum"] for r in results[name]], "wall clock of the same run",
                    [r["total"] for r in results[name]], "s", target=TARGET)  # fmt: skip
-    for name in ("dagtest", "scheduler"):
-        gaps = [r["total"] - r["tasks_sum"] for r in results[name]]
-        report.note(f"{name}: time outside the task bodies (wall − Σ task durations), median "
-                    f"{median(gaps):.1f} s over {len(gaps)} runs: {[round(g, 1) for g in gaps]}")  # fmt: skip
+    # The other measure: time in which no task body runs. test and fetch_model run side by side, so
+    # it is the wall clock minus the union of the task intervals (wall − Σ durations would count the overlap).
+    for name, label in (("dagtest", "dag.test()"), ("scheduler", "scheduler + REST trigger")):
+        busy, walls = [r["busy"] for r in results[name]], [r["total"] for r in results[name]]
+        gaps = [wall - b for wall, b in zip(walls, busy, strict=True)]
+        report.add(f"ci DAG, {label}: time outside the task bodies", "time in which a task body ran", busy,
+                   "wall clock of the same run", walls, "s", target="wall − busy <= 2 s", met=median(gaps) <= 2.0)
+        report.note(f"{label}: time outside the task bodies (wall clock − union of the task intervals), median "
+                    f"{median(gaps):.2f} s over {len(gaps)} runs: {[round(g, 2) for g in gaps]}")  # fmt: skip
 
     steps = ["checkout", "test", "fetch_model", "build", "smoke_test", "push"]
     rows = []
-    for step in [*steps, "resolve", "cleanup", "tasks_sum", "total"]:
+    for step in [*steps, "resolve", "cleanup", "tasks_sum", "busy", "total"]:
         row: dict[str, Any] = {"step / task": step}
         for name in ("plain", "dagtest", "scheduler"):
             values = [r[step] for r in results[name] if r.get(step) is not None]
