@@ -9,10 +9,14 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: up down status test lint bootstrap lock demo
+.PHONY: up down status test lint bootstrap bootstrap-test lock demo
 
 bootstrap:
 	@devstack/bootstrap.sh
+
+# What the tests need on top: Chromium for the UI pages (tests/e2e/test_deployments_page.py).
+bootstrap-test:
+	@devstack/bootstrap.sh --test
 
 up: bootstrap
 	@$(PY) -m devstack up $(if $(filter 1 yes true,$(K8S)),--k8s)
@@ -38,7 +42,7 @@ lint: bootstrap
 # The real-cluster (devstack/k8s-local) and compose-stack (Celery workers) suites are opt-in inside pytest,
 # on here unless QUICK=1.
 FULL := $(if $(QUICK),0,1)
-test: bootstrap lint
+test: bootstrap-test lint
 	MODELSHIP_K8S=$${MODELSHIP_K8S:-$(FULL)} MODELSHIP_DISTRIBUTED=$${MODELSHIP_DISTRIBUTED:-$(FULL)} \
 	  .venv/bin/pytest $(PYTEST_ARGS)
 
