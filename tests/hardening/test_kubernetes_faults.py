@@ -132,8 +132,11 @@ def test_a_release_rides_out_503s_and_cuts_at_every_api_step_and_a_bad_one_is_st
         event = through_proxy.deploy(v1_ref, v1.lineage(), timeout=180)
     assert event.commit == v1.commit and event.revision == "1"
     assert (secret.fired, apply.fired, verify.fired) == (2, 2, 1), api_proxy.requests
-    assert sum(f"writing imagePullSecret {namespace}/modelship-registry failed" in m for m in retries) == 2, retries
-    assert sum(f"applying Deployment {namespace}/modelship-app failed" in m for m in retries) == 2, retries
+    # One retry for each injected 503. A pooled keep-alive connection that the proxy or the API server closed
+    # meanwhile may cost one more (RemoteDisconnected, seen on a cold CI machine): retried just the same.
+    injected = "failed ((503))"
+    assert sum(f"writing imagePullSecret {namespace}/modelship-registry {injected}" in m for m in retries) == 2, retries
+    assert sum(f"applying Deployment {namespace}/modelship-app {injected}" in m for m in retries) == 2, retries
     assert any("GET /version of pod" in m and "retry 1/5" in m for m in retries), retries
 
     # A crash-looping build, with the API server failing the rollback's patch twice: it is still rolled back.
