@@ -21,7 +21,7 @@ def git(*args: str, cwd: Path = REPO) -> str:
 # What each dag.test() run printed, by run_id: a red fixture's assertion names the failing step's own error,
 # so a ci log that shows only the head of a failure still says why (pytest's captured output comes later).
 _PRINTED: dict[str, str] = {}
-_ERROR_LINE = re.compile(r"\[(error|critical)\s*\]|Traceback|Error\b|Exception\b|[A-Z][a-z]+Failed\b")
+_ERROR_LINE = re.compile(r"\[(error|critical)\s*\]|Traceback|Error\b|Exception\b|[A-Z][a-z]+Failed\b|\bFAILED\b")
 
 
 def run_dag(dag_id: str, conf: dict[str, Any] | None = None):
