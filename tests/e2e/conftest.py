@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
 import devstack
@@ -28,6 +27,7 @@ def pipeline_env(
     azurite: components.Azurite,
     registry: components.Registry,
     docker_engine: components.DockerEngine,
+    docker_client,
     airflow_db: Path,
 ) -> Iterator[dict[str, str]]:
     """Settings and connections for the DAGs, pointing at the session's real components."""
@@ -55,9 +55,8 @@ def pipeline_env(
             mp.setenv(key, value)
         yield env
     # What the releases left serving (a failed story stops halfway) must not stay on the shared engine.
-    engine = docker.DockerClient(base_url=docker_engine.url)
     ours = {"label": f"{CONTAINER_PORT}={env['MODELSHIP_DOCKER_DEPLOY_PORT']}"}
-    for container in engine.containers.list(all=True, filters=ours):
+    for container in docker_client.containers.list(all=True, filters=ours):
         container.remove(force=True)
 
 
