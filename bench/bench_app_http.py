@@ -6,7 +6,7 @@ ratio for working on the app itself (docs/scoring-api.md, "Throughput"):
 
 - "pipeline": base64 decode + image_to_features + predict + top 3 + json.dumps in a loop, 2 processes
   (both cores): exactly bench_serving's "app pipeline" baseline (its _rate_worker);
-- "HTTP": `gunicorn -c app/gunicorn.conf.py` (2 sync workers, the shipped defaults) on 127.0.0.1, and
+- "HTTP": `gunicorn -c app/gunicorn.conf.py` (2 workers, the shipped defaults) on 127.0.0.1, and
   wrk with 16 connections POSTing the same one-image body (bench's sample_request) for `--seconds`. The
   server's stdout (the access log) is a pipe read by a separate process that does what a container
   runtime's json-file logging does (Docker's default, and what bench_serving measures): one JSON record

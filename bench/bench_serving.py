@@ -13,7 +13,7 @@ Baselines, each measured in fresh processes on the same model and input:
 - "app pipeline": base64 decode + image_to_features + predict + top-3, in a loop (the app's own work).
 - "Flask in-process": POST /score through Flask's test client (the app without sockets or gunicorn).
 
-Tuned: APP_WORKERS × APP_THREADS × ORT_THREADS (app/gunicorn.conf.py, app/classifier). The winner is the
+Tuned: APP_WORKERS × ORT_THREADS (app/gunicorn.conf.py, app/classifier). The winner is the
 highest median throughput at 16 clients; its p99 is reported beside it.
 
     python -m bench.bench_serving [--runs 5] [--seconds 5]
@@ -40,8 +40,8 @@ from bench.report import Report, loadavg, median
 from modelship import net
 
 TOPIC = "serving"
-# (APP_WORKERS, APP_THREADS, ORT_THREADS): the shipped default first.
-CONFIGS = [(2, 1, 1), (1, 1, 1), (3, 1, 1), (4, 1, 1), (2, 2, 1), (2, 4, 1), (1, 4, 2), (2, 1, 2)]
+# (APP_WORKERS, ORT_THREADS): the shipped default first.
+CONFIGS = [(2, 1), (1, 1), (3, 1), (4, 1), (1, 2), (2, 2)]
 CLIENTS = (1, 16)
 
 
@@ -154,14 +154,13 @@ def container_cpu_seconds(api: Any, container: str) -> float:
     return api.stats(container, stream=False)["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
 
 
-def start_app(api: Any, image: str, port: int, config: tuple[int, int, int], extra_env: dict[str, str]) -> str:
-    workers, threads, ort = config
+def start_app(api: Any, image: str, port: int, config: tuple[int, int], extra_env: dict[str, str]) -> str:
+    workers, ort = config
     host_config = api.create_host_config(
         network_mode="host", read_only=True, tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"}, cap_drop=["ALL"],
         security_opt=["no-new-privileges:true"], nano_cpus=2_000_000_000, mem_limit="2g",
     )  # fmt: skip
-    env = {"APP_BIND": f"127.0.0.1:{port}", "APP_WORKERS": str(workers), "APP_THREADS": str(threads),
-           "ORT_THREADS": str(ort), **extra_env}  # fmt: skip
+    env = {"APP_BIND": f"127.0.0.1:{port}", "APP_WORKERS": str(workers), "ORT_THREADS": str(ort), **extra_env}
     # The image's HEALTHCHECK (a python process every 10 s) is off: with all configurations up at once it
     # would be the idle ones' only CPU use, and it is not part of serving a request.
     container = api.create_container(image, environment=env, host_config=host_config, healthcheck={"test": ["NONE"]},
@@ -282,7 +281,7 @@ def main(runs: int, seconds: float) -> Report:
         results = measure(api, built["image_id"], {config: (config, {}) for config in CONFIGS}, script, runs, seconds)
         for config in CONFIGS:
             line = ", ".join(f"{c} client(s) {summary(results[config][c])['rps']:.0f} req/s" for c in CLIENTS)
-            print(f"workers={config[0]} threads={config[1]} ort={config[2]}: {line}", flush=True)
+            print(f"workers={config[0]} ort={config[1]}: {line}", flush=True)
 
         # The winner with and without the access log on the container's stdout, A/B in rounds as well.
         best = max(CONFIGS, key=lambda cfg: summary(results[cfg][16])["rps"])
@@ -296,8 +295,8 @@ def main(runs: int, seconds: float) -> Report:
         for clients in CLIENTS:
             s = summary(by_clients[clients])
             rows.append({
-                "workers": config[0], "threads": config[1], "ort threads": config[2],
-                "variant": config[3] if len(config) > 3 else ("default" if config == CONFIGS[0] else ""),
+                "workers": config[0], "ort threads": config[1],
+                "variant": config[2] if len(config) > 2 else ("default" if config == CONFIGS[0] else ""),
                 "clients": clients, "req/s": round(s["rps"], 1), "p50 ms": round(s["p50_ms"], 1),
                 "p99 ms": round(s["p99_ms"], 1), "errors": int(s["errors"]),
                 "server CPU ms/req": round(s["server_cpu_ms_per_req"], 2),
@@ -310,7 +309,7 @@ def main(runs: int, seconds: float) -> Report:
         ort = [r[0] for r in base[("onnxruntime", procs)]]
         for label, config in (("best", best), ("default", CONFIGS[0])):
             samples = results[config][clients]
-            report.add(f"/score at {clients} client(s), {label} config w{config[0]} t{config[1]} o{config[2]} (req/s)",
+            report.add(f"/score at {clients} client(s), {label} config w{config[0]} o{config[1]} (req/s)",
                        f"in-process onnxruntime, {procs} process(es)", ort, "HTTP /score on the container",
                        [s["rps"] for s in samples], "req/s", higher_is_better=True)  # fmt: skip
         # CPU per request: independent of how much of the machine the container got (others share it).
@@ -322,7 +321,7 @@ def main(runs: int, seconds: float) -> Report:
                    f"in-process app pipeline, {procs} process(es)", pipeline, "HTTP /score on the container",
                    [s["rps"] for s in results[best][clients]], "req/s", higher_is_better=True)  # fmt: skip
     b1, b16 = summary(results[best][1]), summary(results[best][16])
-    report.note(f"winner: APP_WORKERS={best[0]} APP_THREADS={best[1]} ORT_THREADS={best[2]} — "
+    report.note(f"winner: APP_WORKERS={best[0]} ORT_THREADS={best[1]} — "
                 f"{b16['rps']:.0f} req/s at 16 clients (p50 {b16['p50_ms']:.1f} ms, p99 {b16['p99_ms']:.1f} ms), "
                 f"{b1['rps']:.0f} req/s at 1 client (p50 {b1['p50_ms']:.1f} ms, p99 {b1['p99_ms']:.1f} ms)"
                 )  # fmt: skip
@@ -333,13 +332,12 @@ def main(runs: int, seconds: float) -> Report:
         "the measured rate is lower because the container gets only the share of the 2 cores that wrk "
         "(and any other work on the machine) leaves it"
     )
-    report.add(f"access log on stdout vs /dev/null, w{best[0]} t{best[1]} o{best[2]}, 16 clients (req/s)",
+    report.add(f"access log on stdout vs /dev/null, w{best[0]} o{best[1]}, 16 clients (req/s)",
                "access log on stdout (as shipped)", [s["rps"] for s in access_on[16]], "access log to /dev/null",
                [s["rps"] for s in access_off[16]], "req/s", higher_is_better=True)  # fmt: skip
     report.note(
         "wrk runs on the same 2 cores as the server (there is no third core to give it); its CPU time per "
-        "run is in the table. Loopback HTTP; gunicorn's sync worker (APP_THREADS=1) closes the connection "
-        "after each response, so wrk reconnects per request; the gthread worker (APP_THREADS>1) keeps it."
+        "run is in the table. Loopback HTTP; the app's uvicorn workers keep wrk's connections alive."
     )
     return report
 

@@ -63,7 +63,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # seconds) imports this package and must not pay for Flask, numpy and onnxruntime each time.
     from flask import Flask
 
-    from . import errors, fastpath, metrics, model, routes
+    from . import errors, metrics, model, routes
 
     app = Flask(__name__)
     app.config.from_mapping({name: default for name, (default, _) in SETTINGS.items()})
@@ -84,7 +84,4 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     metrics.init_app(app, loaded.name, loaded.version, loaded.sha256)
     errors.init_app(app)
     app.register_blueprint(routes.bp)
-    # In front of Flask: answers the /score requests that succeed without Flask's per-request machinery,
-    # and hands every other request to Flask unchanged (fastpath.py).
-    app.wsgi_app = fastpath.FastScore(app)
     return app

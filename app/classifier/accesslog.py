@@ -1,15 +1,17 @@
-"""gunicorn's logger with a cheaper access log: the same lines on stdout, formatted directly, written in batches.
+"""gunicorn's logger with a cheap access log: one line per request on stdout, written in batches.
 
-gunicorn's own access log builds a dict of every header and environ variable for each request, runs it
-through the logging machinery and writes one line per write() to stdout; in a container each write also
-wakes the runtime's log reader. Measured as 16 % of /score throughput (bench/RESULTS.md). This logger writes
-the shipped format (gunicorn.conf.py's access_log_format, e.g. `127.0.0.1 "POST /score HTTP/1.1" 200 153
-4ms <1234>`) itself, and buffers the lines of a worker: one write per PIPE_BUF bytes (4 kB, about 60
-lines), or when the oldest buffered line is FLUSH_SECONDS old, or when the worker exits. So every line
-still reaches stdout, whole (a pipe write of at most PIPE_BUF bytes is never interleaved with another
-worker's), at most about a second late; a worker killed with SIGKILL loses its last second of lines.
+Under uvicorn's worker (classifier.worker) gunicorn's own access hook never runs; the ASGI app
+(classifier.asgi) formats each line in the shipped format (gunicorn.conf.py's access_log_format, e.g.
+`127.0.0.1 "POST /score HTTP/1.1" 200 153 4ms <1234>`) and hands it to access_writer()'s callable. On
+stdout, this logger buffers the lines of a worker: one write per PIPE_BUF bytes (4 kB, about 60 lines), or
+when the oldest buffered line is FLUSH_SECONDS old, or when the worker exits. So every line still reaches
+stdout, whole (a pipe write of at most PIPE_BUF bytes is never interleaved with another worker's), at most
+about a second late; a worker killed with SIGKILL loses its last second of lines. One write() per line
+cost 16 % of /score throughput (bench/RESULTS.md): in a container each write also wakes the runtime's log
+reader.
 
-Any other access_log_format or access log target falls back to gunicorn's own path, unbuffered.
+Any other access log target (a file) gets the same lines through gunicorn's access logger, one at a time;
+`--access-logfile /dev/null` or no access log turns them off.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import select
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn import glogging
@@ -38,17 +41,17 @@ class Logger(glogging.Logger):
         self._oldest = 0.0
         self._flusher_pid = 0  # the process whose flusher thread runs (workers fork from the master)
 
-    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
-        if not self._direct:
-            super().access(resp, req, environ, request_time)
-            return
-        status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
-        sent = getattr(resp, "sent", None)
-        millis = request_time.seconds * 1000 + request_time.microseconds // 1000
-        line = (
-            f'{environ.get("REMOTE_ADDR", "-")} "{environ["REQUEST_METHOD"]} {environ["RAW_URI"]} '
-            f'{environ["SERVER_PROTOCOL"]}" {status} {"-" if sent is None else sent} {millis}ms <{os.getpid()}>\n'
-        )
+    def access_writer(self) -> Callable[[str], None] | None:
+        """What the ASGI app (classifier.asgi) gives each access line to: buffered on stdout in the shipped
+        format, gunicorn's access logger for any other target (one line at a time), None with no access log."""
+        if self._direct:
+            return self.write_access
+        if not self.cfg.accesslog:
+            return None
+        return lambda line: self.access_log.info(line.rstrip("\n"))
+
+    def write_access(self, line: str) -> None:
+        """Buffer one access line (ending in a newline); written with the others as described above."""
         with self._lock:
             if self._flusher_pid != os.getpid():
                 self._start_flusher()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 
@@ -25,28 +25,7 @@ def http_error(exc: HTTPException) -> Response:
     return response
 
 
-def drain_unread_body(response: Response) -> Response:
-    """Read what is left of a body the app answered without reading (a 415, 404, 405, 503...).
-
-    gunicorn closes the connection after each response, and closing with unread bytes makes the kernel
-    reset it: a client still sending a large body then sees "connection reset" instead of the error that
-    says what to fix. Only a body within MAX_CONTENT_LENGTH is read (what /score would read anyway), in
-    chunks that are dropped; a larger one keeps Werkzeug's 413 and is never read.
-    """
-    if response.status_code < 400:  # answered, so the body was read: nothing to do on the hot path
-        return response
-    length, limit = request.content_length, request.max_content_length
-    if length and (limit is None or length <= limit):
-        try:
-            while request.stream.read(1 << 16):
-                pass
-        except (OSError, HTTPException):  # the client went away, or sent less than it announced
-            pass
-    return response
-
-
 def init_app(app: Flask) -> None:
     # Unhandled exceptions reach this handler as InternalServerError (an HTTPException), after Flask has
     # logged their traceback.
     app.register_error_handler(HTTPException, http_error)
-    app.after_request(drain_unread_body)

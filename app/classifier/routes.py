@@ -100,7 +100,7 @@ def _open(field: str, index: int, item: Any, max_pixels: int) -> Image.Image:
 def _features(field: str, images: list[Any], config: Mapping[str, Any]) -> np.ndarray:
     """float32 [N, 64] of the request's images, once the pixels of all of them fit the request's budget.
 
-    Every header is read before any image is decoded: decoding time grows with pixels, and a sync worker
+    Every header is read before any image is decoded: decoding time grows with pixels, and a worker
     busy for longer than gunicorn's timeout (30 s) is killed mid-request. MAX_IMAGE_PIXELS bounds one
     image, MAX_REQUEST_PIXELS the sum, so a request's worst case stays about a second.
     """
@@ -137,7 +137,7 @@ def _features(field: str, images: list[Any], config: Mapping[str, Any]) -> np.nd
 @bp.post("/score")
 def score() -> Response:
     # The request and the app once each: every use of Flask's `request` and `current_app` proxies looks
-    # them up again. (Most /score requests do not get here: fastpath.py answers those that succeed.)
+    # them up again. (Most /score requests do not get here: asgi.py answers those that succeed.)
     req, app = request._get_current_object(), current_app._get_current_object()
     if not req.is_json:
         raise UnsupportedMediaType("Content-Type must be application/json")

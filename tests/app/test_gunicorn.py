@@ -50,7 +50,7 @@ def test_gunicorn_serves_scores_and_aggregates_metrics_across_workers(
     def score(_: int) -> int:
         return http_request("POST", f"{server.base}/score", payload, {"Content-Type": "application/json"})[0]
 
-    with ThreadPoolExecutor(max_workers=6) as pool:  # concurrent, so both sync workers take requests
+    with ThreadPoolExecutor(max_workers=6) as pool:  # concurrent, so both workers take requests
         assert set(pool.map(score, range(N_SCORES))) == {200}
 
     # Whichever worker answers the scrape, it reports every worker's requests: exactly 1 + N_SCORES.
@@ -110,8 +110,9 @@ def test_healthcheck_fails_when_nothing_listens(free_port):
 
 
 def test_a_large_body_answered_without_reading_it_still_gets_its_error_not_a_reset(model_package, gunicorn):
-    # 415 is decided from the headers alone; gunicorn closes the connection after answering, and closing
-    # with megabytes unread would reset it while the client is still sending, hiding the 415.
+    # 415 is decided from the headers alone; a server that closed the connection with megabytes unread would
+    # reset it while the client is still sending, hiding the 415 (the sync worker did, until the app drained
+    # such bodies; classifier/asgi.py reads every body within the limit before Flask answers).
     server = gunicorn(model_package, workers=1)
     server.wait_ready()
     body = b'{"images": ["' + b"A" * (6 * 1024 * 1024) + b'"]}'

@@ -12,7 +12,8 @@ from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "app"
-SERVING = ["flask", "gunicorn", "onnxruntime", "numpy", "pillow", "prometheus-client"]
+SERVING = ["flask", "gunicorn", "uvicorn-worker", "httptools", "uvloop", "onnxruntime", "numpy", "pillow",
+           "prometheus-client"]
 LINEAGE_ARGS = ["GIT_COMMIT", "BUILD_DATE", "SOURCE_URL", "APP_VERSION", "MODEL_NAME", "MODEL_VERSION", "MODEL_SHA256"]
 
 

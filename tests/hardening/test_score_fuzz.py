@@ -29,13 +29,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from classifier import SETTINGS, create_app
 from classifier.imaging import MAX_JPEG_SCANS
-from tests.app.conftest import Gunicorn, http
+from tests.app.conftest import REPO, Gunicorn, http
 from tests.app.test_fuzz import REAL, b64, bodies, check_scores, content_types, image_bytes, json_values
 from tests.app.test_imaging import jpeg_with_extra_scans
 
@@ -203,7 +204,9 @@ def test_a_real_gunicorn_answers_hundreds_of_hostile_bodies_and_keeps_serving(se
 PRODUCTION = {name: default for name, (default, _) in SETTINGS.items()}  # the app's own defaults
 WORKER_TIMEOUT = 30  # gunicorn.conf.py's default APP_TIMEOUT, which the production server keeps
 SIDE = 4096  # MAX_IMAGE_PIXELS = SIDE x SIDE; two of them fill MAX_REQUEST_PIXELS
-POD_MEMORY_MIB = 512  # k8s/base/deployment.yaml: resources.limits.memory of the app's pod (2 workers)
+DEPLOYMENT = yaml.safe_load((REPO / "k8s/base/deployment.yaml").read_text())
+# resources.limits.memory of the app's pod (its master and 2 workers), e.g. "576Mi"
+POD_MEMORY_MIB = int(DEPLOYMENT["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"][:-2])
 
 
 def png_16bit_rgba(side: int) -> bytes:
@@ -302,8 +305,8 @@ def post_at_production_scale(server: Gunicorn, body: bytes, headers: dict[str, s
 
     Werkzeug answers 413 from the Content-Length without reading the body, and gunicorn then closes the
     connection; at 8 MiB the client is still sending, so it may see the reset (EPIPE, ECONNRESET) before
-    it can read the 413. Refusing to read an oversized body is the point of the limit: a sync worker must
-    not spend its time draining one. Any other connection error is a failure.
+    it can read the 413. Refusing to read an oversized body is the point of the limit: a worker must not
+    spend its time reading one. Any other connection error is a failure.
     """
     try:
         return http("POST", f"{server.base}/score", body, headers, timeout=WORKER_TIMEOUT + 10)
@@ -326,7 +329,7 @@ def production_server(hardening_model, tmp_path_factory):
     """gunicorn as the image runs it: gunicorn.conf.py's defaults and the app's default limits."""
     workdir = tmp_path_factory.mktemp("gunicorn-production")
     server = Gunicorn(hardening_model, workdir, workers=2)
-    for name in [*SETTINGS, "APP_TIMEOUT", "APP_THREADS", "GUNICORN_CMD_ARGS"]:
+    for name in [*SETTINGS, "APP_TIMEOUT", "GUNICORN_CMD_ARGS"]:
         if name != "MODEL_DIR":  # whatever this shell has set, production means the defaults
             server.env.pop(name, None)
     server.start()
@@ -387,7 +390,7 @@ def test_worst_case_requests_at_production_limits_finish_far_inside_the_worker_t
     # Not a speed target: a safety margin. A third of the timeout leaves room for a machine several times
     # busier than this one; a request anywhere near it means a limit no longer bounds the work.
     assert max(timings.values()) < WORKER_TIMEOUT / 3, timings
-    # k8s/base/deployment.yaml gives the pod 512 MiB for the master and 2 workers: each worker, at its
+    # k8s/base/deployment.yaml gives the pod POD_MEMORY_MIB for the master and 2 workers: each worker, at its
     # worst, must stay under half of what the master leaves, or two worst requests at once get the pod
     # OOM-killed. (A 4096 x 4096 lossless WEBP used to take a worker to 460 MiB.)
     assert server.process is not None
