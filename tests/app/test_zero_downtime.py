@@ -254,6 +254,17 @@ def test_each_worker_that_loaded_the_model_leaves_a_ready_file_until_it_exits(mo
     while victim in {p.name for p in ready.iterdir()} and time.monotonic() < deadline:
         time.sleep(0.2)
     assert victim not in {p.name for p in ready.iterdir()}
-    server.stop()
-    assert not any(Path(f"/proc/{p.name}").is_dir() for p in ready.iterdir())  # none names a live process
+    # The master replaces the worker; the replacement leaves its own file once it has loaded the model.
+    while len({p.name for p in ready.iterdir()} - pids) < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    replacement = {p.name for p in ready.iterdir()} - pids
+    assert len(replacement) == 1, (replacement, server.stderr.read_text()[-2000:])
+    assert server.stop() == 0, server.stderr.read_text()[-3000:]
+
+    def state(pid: str) -> str:  # "Z (zombie)" for a process that exited but was not reaped yet
+        status = Path(f"/proc/{pid}/status")
+        return next((line for line in status.read_text().splitlines() if line.startswith("State:")), "?")
+
+    live = {p.name: state(p.name) for p in ready.iterdir() if Path(f"/proc/{p.name}").is_dir()}
+    assert not live, (live, server.stderr.read_text()[-3000:])  # none names a live process
 
