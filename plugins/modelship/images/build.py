@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import docker
 import requests
+import urllib3
 
 from modelpkg.manifest import verify_package
 from modelship.fs import IGNORED, link_tree
@@ -256,7 +257,9 @@ def build_image(
         if no_space(str(exc.explanation or exc)):  # e.g. while the engine unpacks the build context
             raise _engine_disk_full(api, tag, step, str(exc.explanation or exc)) from exc
         raise ImageBuildError(f"build of {tag} refused by the engine: {exc.explanation or exc}") from exc
-    except requests.RequestException as exc:  # the connection to the engine broke
+    # The connection to the engine broke: before the stream (requests), or in the middle of it, where the SDK
+    # reads the raw response and urllib3's own error comes through ("Connection broken: IncompleteRead").
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
         raise EngineUnavailable(
             f"Docker engine {engine_name(api)} went away during the build of {tag} at {step}: {exc}"
         ) from exc
