@@ -70,8 +70,9 @@ workers = int(os.environ.get("APP_WORKERS", "2"))
 # killed and replaced, as a sync worker was.
 worker_class = "classifier.worker.Worker"
 timeout = int(os.environ.get("APP_TIMEOUT", "30"))
-# SIGTERM: workers stop accepting, finish the request in hand and exit; after this many seconds the master
-# kills those still busy. Keep it above the slowest request and below the supervisor's grace period.
+# SIGTERM: workers stop accepting, answer what their open connections send and exit (classifier/worker.py);
+# after this many seconds the master kills those still busy. Keep it above the slowest request and below the
+# supervisor's grace period.
 graceful_timeout = int(os.environ.get("APP_GRACEFUL_TIMEOUT", "20"))
 # Not preloaded: each worker verifies and loads the model after the fork, because an onnxruntime
 # session's thread pool does not survive fork(). The model is small, so the memory cost is too.

@@ -64,7 +64,7 @@ class Classifier:
         body = await self._read(headers, receive)
         if body is None:  # the client went away before sending it all: nobody to answer
             return
-        status, response_headers, data = self._fast(scope, headers, body, started) or self._flask(scope, body)
+        status, response_headers, data = self._fast(scope, headers, body, started) or self._flask(scope, headers, body)
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": data})
         if self.access_log is not None:
@@ -111,7 +111,7 @@ class Classifier:
         metrics.count(ROUTE, "POST", 200, started)
         return 200, [JSON_HEADER, (b"content-length", str(len(data)).encode())], data
 
-    def _flask(self, scope: Scope, body: bytes | bytearray) -> Answer:
+    def _flask(self, scope: Scope, headers: dict[bytes, bytes], body: bytes | bytearray) -> Answer:
         """Flask's answer, through its WSGI interface (PEP 3333), to the request with this body."""
         answer: dict[str, Any] = {}
 
@@ -120,14 +120,14 @@ class Classifier:
             return chunks.append
 
         chunks: list[bytes] = []
-        result = self.flask.wsgi_app(_environ(scope, body), start_response)
+        result = self.flask.wsgi_app(_environ(scope, headers, body), start_response)
         try:
             chunks.extend(result)
         finally:
             if hasattr(result, "close"):
                 result.close()
-        headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in answer["headers"]]
-        return answer["status"], headers, b"".join(chunks)
+        sent = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in answer["headers"]]
+        return answer["status"], sent, b"".join(chunks)
 
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, headers, body
@@ -146,8 +146,8 @@ def _headers(scope: Scope) -> dict[bytes, bytes]:
     return found
 
 
-def _environ(scope: Scope, body: bytes | bytearray) -> dict[str, Any]:
-    """The WSGI environ of an ASGI HTTP request whose body has been read (PEP 3333 and the ASGI spec)."""
+def _environ(scope: Scope, headers: dict[bytes, bytes], body: bytes | bytearray) -> dict[str, Any]:
+    """The WSGI environ of an ASGI HTTP request (its _headers()) whose body has been read (PEP 3333, ASGI spec)."""
     server = scope.get("server") or ("localhost", 80)
     client = scope.get("client")
     environ: dict[str, Any] = {
@@ -170,7 +170,7 @@ def _environ(scope: Scope, body: bytes | bytearray) -> dict[str, Any]:
         "wsgi.multiprocess": True,
         "wsgi.run_once": False,
     }
-    for name, value in _headers(scope).items():
+    for name, value in headers.items():
         key = name.decode("latin-1").upper().replace("-", "_")
         environ[key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"] = value.decode("latin-1")
     return environ
