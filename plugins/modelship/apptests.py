@@ -23,12 +23,15 @@ Red tests, a requirement that cannot be met (or is refused), a timeout or the me
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import re
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -168,24 +171,42 @@ def environment(checkout: Path, cache_dir: Path, docker_like: DockerLike | None 
     key = hashlib.sha256("\0".join([recipe, base_id, source, *pins]).encode()).hexdigest()
     tag = f"{TESTENV_REPOSITORY}:{key[:16]}"
     record = Path(cache_dir) / "testenv" / key[:16]
-    try:
-        image = api.inspect_image(tag)["Id"]
-    except docker.errors.ImageNotFound:
-        image = None
-    except requests.RequestException as exc:
-        raise EngineUnavailable(f"Docker engine {engine_name(api)} did not answer: {exc}") from exc
-    built = image is None
-    if image is None:
-        log.info("building the test environment %s (first use of these requirements on this engine)", tag)
-        image = _build_environment(api, paths, pins, recipe, tag, key, settings, Path(cache_dir))
-    else:
-        log.info("reusing the test environment %s (%s): these requirements are installed already", tag, image[7:19])
+    with _one_build_at_a_time(Path(cache_dir), key, tag):
+        try:
+            image = api.inspect_image(tag)["Id"]
+        except docker.errors.ImageNotFound:
+            image = None
+        except requests.RequestException as exc:
+            raise EngineUnavailable(f"Docker engine {engine_name(api)} did not answer: {exc}") from exc
+        built = image is None
+        if image is None:
+            log.info("building the test environment %s (first use of these requirements on this engine)", tag)
+            image = _build_environment(api, paths, pins, recipe, tag, key, settings, Path(cache_dir))
+        else:
+            log.info("reusing the test environment %s (%s): these requirements are installed already", tag,
+                     image[7:19])  # fmt: skip
     if not record.is_dir():
         with atomic_dir(record, keep_existing=True) as staging:
             (staging / "image").write_text(f"{tag}\n")
     mark_used(record)
     parallel = any(_XDIST.match(pin) for pin in pins)
     return TestEnvironment(image=image, tag=tag, key=key, built=built, parallel=parallel)
+
+
+@contextlib.contextmanager
+def _one_build_at_a_time(cache_dir: Path, key: str, tag: str) -> Iterator[None]:
+    """Runs that share a cache (one worker, or `make up` preparing the environment ahead of the first ci run)
+    wait for each other's build of an environment and then find it built, instead of building it twice at once.
+    Workers with caches of their own can still build it together: _drop_if_superseded settles that."""
+    lock = cache_dir / "testenv" / f".{key[:16]}.lock"  # a dotfile: retention leaves it alone
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:  # the lock goes with the file's closing, whatever happens meanwhile
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for %s: another run on this cache is building it", tag)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _build_environment(api: docker.APIClient, paths: list[Path], pins: list[str], recipe: str, tag: str, key: str,

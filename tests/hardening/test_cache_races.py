@@ -32,6 +32,7 @@ from modelship.images import wheelhouse
 from modelship.model_store import BlobModelStore
 from tests.containment import make_checkout
 from tests.faultproxy import FaultProxy, Watch
+from tests.logcapture import log_messages
 
 # Both runs' tests wait until the test lets them go (SIGWINCH, forwarded by the container's init to
 # pytest; ignored by default, so one that comes before the handler is in place does no harm: it comes again).
@@ -58,9 +59,9 @@ def test_a_run_that_finishes_its_build_second_keeps_the_environment_the_first_is
     for key, value in {"MODELSHIP_DOCKER_HOST": docker_engine.url, "MODELSHIP_BASE_IMAGE": rootfs.BASE_IMAGE,
                        "MODELSHIP_STATE": str(tmp_path / "state")}.items():  # fmt: skip
         monkeypatch.setenv(key, value)
-    # An environment no run has built yet: both runs find none and build it.
+    # An environment no run has built yet: both runs find none and build it. Each run has a cache of its own, as
+    # two workers sharing one engine do: runs sharing a cache wait for each other's build instead (the next test).
     monkeypatch.setattr(apptests, "WHEELS_RECIPE", apptests.WHEELS_RECIPE + f"# race {uuid.uuid4().hex}\n")
-    cache = tmp_path / "cache"
     real_build = apptests._build_environment
     both_building = threading.Barrier(2, timeout=120)
     first_testing, second_built = threading.Event(), threading.Event()
@@ -89,7 +90,7 @@ def test_a_run_that_finishes_its_build_second_keeps_the_environment_the_first_is
     def run(name: str) -> None:
         checkout = make_checkout(tmp_path / name, {"test_wait.py": WAITING_TEST})
         try:
-            results[name] = apptests.run(checkout, cache)
+            results[name] = apptests.run(checkout, tmp_path / f"cache-{name}")
         except BaseException as exc:  # noqa: BLE001 (asserted below)
             results[name] = exc
 
@@ -115,12 +116,61 @@ def test_a_run_that_finishes_its_build_second_keeps_the_environment_the_first_is
     assert tag.startswith(f"{apptests.TESTENV_REPOSITORY}:")  # the one tag names the later build ...
     with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(first)  # ... and the earlier went once the run testing in it was over
-    assert [p.name for p in (cache / "testenv").iterdir()] == [tag.split(":")[1]]  # one record, nothing else
-    assert list((cache / "testenv-build").iterdir()) == []  # no build context left
+    for cache in (tmp_path / "cache-a", tmp_path / "cache-b"):
+        records = [p.name for p in (cache / "testenv").iterdir() if not p.name.endswith(".lock")]
+        assert records == [tag.split(":")[1]]  # one record, nothing else
+        assert list((cache / "testenv-build").iterdir()) == []  # no build context left
     assert docker_client.containers.list(all=True, filters={"label": apptests.RUN_LABEL}) == []
     assert docker_client.images.list(filters={"label": apptests.RUN_LABEL}) == []
     assert docker_client.images.list(all=True, filters={"label": apptests.INSTALL_LABEL}) == []
     docker_client.images.remove(second, force=True)
+
+
+@pytest.mark.docker
+def test_runs_sharing_a_cache_build_an_environment_once_the_second_waiting_for_the_first(
+    docker_engine, docker_client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One worker's runs (or `make up` preparing the environment, devstack prepare-ci, and the first ci run) share
+    a cache: a run that finds another building the environment waits for that build and reuses its image."""
+    for key, value in {"MODELSHIP_DOCKER_HOST": docker_engine.url, "MODELSHIP_BASE_IMAGE": rootfs.BASE_IMAGE,
+                       "MODELSHIP_STATE": str(tmp_path / "state")}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(apptests, "WHEELS_RECIPE", apptests.WHEELS_RECIPE + f"# shared {uuid.uuid4().hex}\n")
+    cache = tmp_path / "cache"
+    real_build = apptests._build_environment
+    building, builds = threading.Event(), []
+
+    def build(*args, **kwargs) -> str:
+        builds.append(threading.current_thread().name)
+        building.set()
+        time.sleep(3)  # the other run asks meanwhile, and must wait rather than build too
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(apptests, "_build_environment", build)
+    checkout = make_checkout(tmp_path / "src", {"test_x.py": "def test_x():\n    pass\n"})
+    envs: dict[str, object] = {}
+
+    def environment(name: str) -> None:
+        if name == "second":
+            assert building.wait(120)
+        try:
+            envs[name] = apptests.environment(checkout, cache, docker_client)
+        except BaseException as exc:  # noqa: BLE001 (asserted below)
+            envs[name] = exc
+
+    with log_messages("modelship.apptests") as logs:
+        threads = [threading.Thread(target=environment, args=(name,), name=name) for name in ("first", "second")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(600)
+    first, second = envs["first"], envs["second"]
+    assert isinstance(first, apptests.TestEnvironment) and isinstance(second, apptests.TestEnvironment), envs
+    assert builds == ["first"]  # one build
+    assert (first.built, second.built) == (True, False)
+    assert first.image == second.image
+    assert any("another run on this cache is building it" in line for line in logs)
+    docker_client.images.remove(first.image, force=True)
 
 
 # --- the wheelhouse: two downloads of the same requirements at once ------------------------------------------
