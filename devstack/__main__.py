@@ -5,6 +5,7 @@
     status                  what `up` started, and whether it runs
     demo [--target T]       make demo: the story through Airflow's REST API (TARGET=kubernetes: on the cluster)
     distributed up|down|status|running|images     the compose stack (make up-distributed / down-distributed)
+    prepare-ci              the app's test environment, built ahead of the first ci run (make up starts it)
     registry-gc [--registry-dir DIR]   reclaim the local registry's unreferenced blobs (after modelship gc)
     cluster up|down|status  the local Kubernetes cluster alone
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,6 +92,16 @@ def _registry_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_ci(args: argparse.Namespace) -> int:
+    from devstack.stack import prepare_ci
+
+    logging.getLogger("modelship").setLevel(logging.INFO)  # the build's progress, into prepare-ci.log
+    # `make down` meanwhile: exit through the build's cleanup (its staging folder, its install-stage images).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    prepare_ci()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -113,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     cluster = sub.add_parser("cluster", help="the local Kubernetes cluster alone")
     cluster.add_argument("action", choices=("up", "down", "status"))
     cluster.set_defaults(handler=_cluster)
+    prepare = sub.add_parser("prepare-ci", help="build the app's test environment ahead of ci (make up runs it)")
+    prepare.set_defaults(handler=_prepare_ci)
     gc = sub.add_parser("registry-gc", help="reclaim the local registry's unreferenced blobs (stops it briefly)")
     gc.add_argument("--registry-dir", help="the registry's state folder (default: <state>/registry)")
     gc.set_defaults(handler=_registry_gc)

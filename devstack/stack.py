@@ -19,6 +19,7 @@ import shlex
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -126,6 +127,7 @@ class Stack:
         # What `airflow standalone` runs, started one by one so each binds loopback only: standalone
         # gives no way to stop the scheduler's and triggerer's log servers listening on all interfaces.
         self.airflow = [Process(f"airflow-{name}", state / "airflow") for name, _ in AIRFLOW_COMPONENTS]
+        self.prepare = Process("prepare-ci", state / "prepare")
         self.env_file = state / "modelship.env"
         self.passwords_file = state / "airflow" / "simple_auth_manager_passwords.json.generated"
 
@@ -163,29 +165,41 @@ class Stack:
 
     def up(self, kubernetes: bool = False) -> None:
         if kubernetes:
-            print("starting the local Kubernetes cluster (built once per machine, ≈ 8 min)…", flush=True)
+            say("starting the local Kubernetes cluster (built once per machine, ≈ 8 min)…")
             LocalCluster().acquire(CLUSTER_LEASE)
         env = self.environment(kubernetes=kubernetes)
         self.write_env_file(env)
-        # Airflow needs only its environment to start (≈ 30 s until its API answers), not the stand-ins it
-        # points at: they start meanwhile.
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        # Airflow needs only its environment to start (≈ 30 s until its API answers), not the stand-ins it points
+        # at; Azurite (npm install on a fresh machine, ≈ 30 s) and the Docker engine with its base image
+        # (debootstrapped on a fresh machine, ≈ 25 s alone) start meanwhile. The scheduler comes last: a run it
+        # starts at once (the nightly release and weekly maintenance it catches up on, a commit the watcher
+        # announces) would otherwise meet a registry or store not up yet, fail and retry while the rest starts.
+        with ThreadPoolExecutor(max_workers=2) as pool:
             airflow = pool.submit(self._start_airflow, env)
+            azurite = pool.submit(self._start_azurite)
             try:
-                self._start_components()
+                self._start_engine_and_registry()
             finally:
-                airflow.result()
+                azurite.result()
+                start_scheduler = airflow.result()
+        if start_scheduler:
+            start_scheduler()
+            self.prepare_ci(env)
         self._print_login()
 
-    def _start_components(self) -> None:
-        print("starting Docker engine (no bridge, host network)…", flush=True)
+    def _start_engine_and_registry(self) -> None:
+        was_running = self.docker.proc.pid() is not None and self.docker.ping()
+        say("starting Docker engine (no bridge, host network)…")
         self.docker.start()
-        print("importing the local base image (no registry to pull from)…", flush=True)
+        say("importing the local base image (no registry to pull from)…")
         self.docker.ensure_base_image()
-        self.heal_release()
-        print(f"starting registry on {self.registry.address} (htpasswd auth)…", flush=True)
+        if not was_running:  # an engine that kept running lost no container (the next release heals the rest)
+            self.heal_release()
+        say(f"starting registry on {self.registry.address} (htpasswd auth)…")
         self.registry.start()
-        print(f"starting Azurite on 127.0.0.1:{AZURITE_PORT}…", flush=True)
+
+    def _start_azurite(self) -> None:
+        say(f"starting Azurite on 127.0.0.1:{AZURITE_PORT}…")
         self.azurite.start()
 
     def heal_release(self, port: int | None = None) -> str | None:
@@ -202,16 +216,17 @@ class Stack:
         try:
             healed = DockerTarget(self.docker.url, port, client=client.api).heal()
         except Exception as exc:  # the stack still comes up; the next release tries again and says why
-            print(f"warning: the app on 127.0.0.1:{port} is not serving and did not come back: {exc}", flush=True)
+            say(f"warning: the app on 127.0.0.1:{port} is not serving and did not come back: {exc}")
             return None
         finally:
             client.close()
         if healed:
-            print(f"the app on 127.0.0.1:{port} was not serving (a release cut off mid-swap): {healed} serves again",
-                  flush=True)  # fmt: skip
+            say(f"the app on 127.0.0.1:{port} was not serving (a release cut off mid-swap): {healed} serves again")
         return healed
 
-    def _start_airflow(self, env: dict[str, str]) -> None:
+    def _start_airflow(self, env: dict[str, str]) -> Callable[[], None] | None:
+        """Airflow's components but the scheduler, started and answering; what starts the scheduler (None: all
+        of them were running already, with this environment)."""
         url = f"http://127.0.0.1:{AIRFLOW_PORT}/api/v2/monitor/health"
         # Airflow's components read their environment once: a changed one (make up K8S=1 after make up)
         # needs a restart, an unchanged one does not (make up is idempotent).
@@ -219,25 +234,41 @@ class Stack:
         digest = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()
         running = all(p.pid() for p in self.airflow) and _http_ok(url)
         if running and started_with.exists() and started_with.read_text() == digest:
-            print("Airflow is already running", flush=True)
-            return
+            say("Airflow is already running")
+            return None
         for proc in self.airflow:  # a half-running set (one component died) is restarted whole
             proc.stop()
+        started_with.unlink(missing_ok=True)
         venv_bin = Path(sys.executable).parent
         airflow = str(venv_bin / "airflow")
         # Airflow's components start `airflow` subprocesses: the venv's bin must be on PATH.
         env = {**os.environ, **env, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}"}
-        print("migrating the Airflow database (SQLite)…", flush=True)
+        say("migrating the Airflow database (SQLite)…")
         migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True)
         if migrate.returncode != 0:
             raise StackError(f"airflow db migrate failed:\n{migrate.stderr[-2000:]}")
         airflow_passwords(self.passwords_file)
-        print(f"starting Airflow (scheduler, dag-processor, triggerer, api-server on 127.0.0.1:{AIRFLOW_PORT})…")
-        for proc, (_, args) in zip(self.airflow, AIRFLOW_COMPONENTS, strict=True):
-            proc.spawn([airflow, *args], env=env, cwd=REPO_ROOT)
-        write_atomic(started_with, digest)
-        api = self.airflow[-1]
-        wait_for(lambda: _http_ok(url), "Airflow API server", timeout=240, log=api.log_file)
+        components = dict(zip((name for name, _ in AIRFLOW_COMPONENTS), self.airflow, strict=True))
+        say(f"starting Airflow (dag-processor, triggerer, api-server on 127.0.0.1:{AIRFLOW_PORT})…")
+        for name, args in AIRFLOW_COMPONENTS:
+            if name != "scheduler":
+                components[name].spawn([airflow, *args], env=env, cwd=REPO_ROOT)
+        wait_for(lambda: _http_ok(url), "Airflow API server", timeout=240, log=components["api-server"].log_file)
+
+        def start_scheduler() -> None:
+            say("starting Airflow's scheduler: the stack is up, runs may start")
+            components["scheduler"].spawn([airflow, *dict(AIRFLOW_COMPONENTS)["scheduler"]], env=env, cwd=REPO_ROOT)
+            write_atomic(started_with, digest)
+
+        return start_scheduler
+
+    def prepare_ci(self, env: dict[str, str]) -> None:
+        """In the background, what the first ci run would otherwise start with (prepare_ci below); its log is
+        <state>/prepare/prepare-ci.log."""
+        if self.prepare.pid() is None:
+            say("preparing the app's test environment in the background (the first ci run picks it up)")
+            self.prepare.spawn([sys.executable, "-m", "devstack", "--state", str(self.state), "prepare-ci"],
+                               env=env, cwd=REPO_ROOT)  # fmt: skip
 
     def _print_login(self) -> None:
         passwords = self.passwords_file
@@ -253,7 +284,7 @@ class Stack:
         if (cluster.leases / CLUSTER_LEASE).exists():
             print("releasing the local Kubernetes cluster (stopped unless a test session still uses it)…", flush=True)
             cluster.release(CLUSTER_LEASE)
-        for proc in self.airflow:
+        for proc in [self.prepare, *self.airflow]:
             print(f"stopping {proc.name}…", flush=True)
             proc.stop()
         for name, component in (
@@ -272,6 +303,20 @@ class Stack:
             "docker": self.docker.proc.pid() is not None,
             "kubernetes": (LocalCluster().leases / CLUSTER_LEASE).exists() and LocalCluster().ready(),
         }
+
+
+def prepare_ci(checkout: Path = REPO_ROOT) -> None:
+    """The app's test environment (an image keyed by the requirements) and the app image's wheelhouse for this
+    checkout's requirements: what a first ci run would otherwise spend its first minute on. `make up` runs it in
+    the background; a ci run that starts meanwhile waits for the environment's build (apptests: one build of an
+    environment at a time per cache) and finds it done. Wheels only: nothing of the checkout's code runs."""
+    from modelship import apptests, images
+    from modelship.settings import Settings
+
+    cache_dir = Settings.get().cache_dir
+    env = apptests.environment(checkout, cache_dir)
+    say(f"test environment {env.tag}: {'built' if env.built else 'already built'}")
+    say(f"wheelhouse {images.wheelhouse(checkout / 'app' / 'requirements.txt', cache_dir)}: ready")
 
 
 def openlineage_environment(events_file: Path) -> dict[str, str]:
@@ -294,6 +339,13 @@ def openlineage_environment(events_file: Path) -> dict[str, str]:
         # the timeout with the task's COMPLETE event unsent. A thread shares the supervisor channel safely.
         "AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD": "True",
     }
+
+
+def say(message: str) -> None:
+    """One line of progress, written whole: the stand-ins start in threads, and print() writes the text and its
+    newline apart."""
+    sys.stdout.write(f"{message}\n")
+    sys.stdout.flush()
 
 
 def _http_ok(url: str) -> bool:
