@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import io
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +25,10 @@ from typing import Any
 
 from modelship.airflow_api import AirflowAPI, AirflowAPIError
 from modelship.settings import Settings
+
+# How often the demo asks Airflow whether a run has started or ended: every wait costs half of it on average, and
+# the story waits a dozen times. One GET of one run (≈ 10 ms of the api-server's time) per poll.
+POLL = 0.5
 
 
 class DemoFailed(RuntimeError):
@@ -41,7 +46,7 @@ class Airflow:
         return {run.dag_run_id for run in self.api.runs(dag_id)}
 
     def wait(self, dag_id: str, run_id: str, timeout: float = 900) -> Any:
-        run = self.api.wait(dag_id, run_id, timeout=timeout)
+        run = self.api.wait(dag_id, run_id, timeout=timeout, interval=POLL)
         tis = self.api.tasks(dag_id, run_id)
         summary = ", ".join(f"{ti.task_id}={_state(ti.state)}" for ti in tis)
         # Where the work ran: one host standalone, each Celery worker's on the distributed stack.
@@ -68,10 +73,16 @@ def step(message: str) -> None:
 
 
 def run_cli(*args: str) -> str:
-    done = subprocess.run(args, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise DemoFailed(f"{' '.join(args)} failed:\n{done.stderr.strip()}")
-    return done.stdout
+    """`modelship ARGS` as a user types it (the same parser, handlers and output), run in this process: a new
+    interpreter would import Airflow and the Azure SDK again for every command, ≈ 6 s each on 2 cores."""
+    from modelship.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    if code != 0:
+        raise DemoFailed(f"modelship {' '.join(args)} failed:\n{err.getvalue().strip()}")
+    return out.getvalue()
 
 
 def next_version(settings: Settings) -> str:
@@ -109,7 +120,7 @@ def wait_for_image(airflow: Airflow, ci_before: set[str], version: str, timeout:
     deadline = time.monotonic() + timeout
     seen = set(ci_before)
     while True:
-        run_id = airflow.api.wait_for_new_run("ci", seen, timeout=max(deadline - time.monotonic(), 1))
+        run_id = airflow.api.wait_for_new_run("ci", seen, timeout=max(deadline - time.monotonic(), 1), interval=POLL)
         seen.add(run_id)
         airflow.wait("ci", run_id, timeout=max(deadline - time.monotonic(), 1))
         # Built and pushed, or found already pushed and announced (rebuilt: false).
@@ -135,13 +146,12 @@ def promote(airflow: Airflow, settings: Settings, version: str) -> dict[str, Any
 
 def release(airflow: Airflow, settings: Settings, image: dict[str, Any], target: str) -> dict[str, Any]:
     """A release of the desired state (no image named); what `modelship status` reports after it."""
-    bin_dir = Path(sys.executable).parent
     step(f"release ({target} target): the desired state, verified; rolled back and quarantined on failure")
     run_id = airflow.api.trigger("release", {"target": target})
     airflow.wait("release", run_id)
     step("modelship status")
-    print(run_cli(str(bin_dir / "modelship"), "status", "--target", target).rstrip(), flush=True)
-    status = json.loads(run_cli(str(bin_dir / "modelship"), "status", "--target", target, "--json"))
+    print(run_cli("status", "--target", target).rstrip(), flush=True)
+    status = json.loads(run_cli("status", "--target", target, "--json"))
     score(int(status.get("port") or settings.docker_deploy_port))
     served = (status.get("image_digest"), status.get("commit"), status.get("model_version"))
     if served != (image["digest"], image["commit"], image["model_version"]):
@@ -154,12 +164,13 @@ def release(airflow: Airflow, settings: Settings, image: dict[str, Any], target:
 
 def ship_model(airflow: Airflow, settings: Settings, version: str, workdir: Path, target: str) -> dict[str, Any]:
     """One round of the story for a new model `version`; returns what `modelship status` reports at the end."""
-    bin_dir = Path(sys.executable).parent
     package = workdir / version
     step(f"train model {settings.model_name} {version} on scikit-learn's digits and export ONNX")
-    run_cli(sys.executable, "-m", "training.train", "--out", str(package), "--version", version)
+    from training.train import train_package  # sklearn: imported once, by the first round
+
+    train_package(package, version, settings.model_name)
     step(f"publish {version} to the model store ({settings.model_store})")
-    print(run_cli(str(bin_dir / "modelship"), "model", "publish", str(package)).strip(), flush=True)
+    print(run_cli("model", "publish", str(package)).strip(), flush=True)
     return release(airflow, settings, promote(airflow, settings, version), target)
 
 
@@ -182,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         if rolled_back["image_digest"] != first["image_digest"]:
             raise DemoFailed(f"the rollback serves {rolled_back['image_digest']}, not {first['image_digest']}")
         step("modelship history")
-        bin_dir = Path(sys.executable).parent
-        print(run_cli(str(bin_dir / "modelship"), "history", "--target", target).rstrip(), flush=True)
+        print(run_cli("history", "--target", target).rstrip(), flush=True)
     except (DemoFailed, AirflowAPIError, OSError, KeyError, ValueError) as exc:
         print(f"\ndemo FAILED: {exc}", file=sys.stderr, flush=True)
         return 1
