@@ -52,9 +52,10 @@ IDLE_WINDOW_S = 30.0
 IDLE = "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"
 START = "AIRFLOW__SCHEDULER__MP_START_METHOD"
 PRELOAD = "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD"
+HEARTBEAT = "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL"
 # Airflow 3.3's defaults for every setting varied here (config.yml; the start method's default is the
 # platform's, fork on Linux with Python 3.11): how the stacks ran before issue 19.
-AIRFLOW_DEFAULTS = {IDLE: "1", START: "fork", PRELOAD: ""}
+AIRFLOW_DEFAULTS = {IDLE: "1", START: "fork", PRELOAD: "", HEARTBEAT: "5"}
 PRELOADED = {START: "forkserver", PRELOAD: "modelship.preload"}
 VARIANTS: dict[str, tuple[dict[str, str], str]] = {
     "defaults": (AIRFLOW_DEFAULTS, "Airflow's defaults (idle sleep 1 s, fork): main before issue 19"),
@@ -63,7 +64,8 @@ VARIANTS: dict[str, tuple[dict[str, str], str]] = {
     "preload": ({**AIRFLOW_DEFAULTS, **PRELOADED}, "forkserver preloading modelship.preload (idle sleep 1 s)"),
     "new interpreter": ({**AIRFLOW_DEFAULTS, "AIRFLOW__CORE__EXECUTE_TASKS_NEW_PYTHON_INTERPRETER": "True"},
                         "execute_tasks_new_python_interpreter (a fresh interpreter per task)"),
-    "shipped": ({}, "devstack.stack.airflow_settings as shipped (idle sleep 0.25 s, fork)"),
+    "heartbeat 5": ({HEARTBEAT: "5"}, "as shipped but min_heartbeat_interval 5 s (Airflow's default)"),
+    "shipped": ({}, "devstack.stack.airflow_settings as shipped (idle sleep 0.25 s, fork, heartbeat interval 1 s)"),
 }  # fmt: skip
 
 PHASES = (

@@ -60,7 +60,14 @@ def airflow_project(home: Path) -> dict[str, str]:
 # task bodies on the defaults, 1.1 s at 0.25 s (6.9 % of a core idle, on SQLite the database's work too), 1.6 s at
 # 0.1 s (15 %). Task processes forked from a forkserver preloading modelship.preload measured worse (8.7 s with
 # the default sleep, 4.3 s with 0.1 s), so the LocalExecutor keeps Airflow's default start method.
-SCHEDULING = {"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25"}
+# The task supervisor learns that its task process ended from the process's sockets closing; when the last one
+# closes an instant before the process can be reaped, it finds no socket left to wait on and sleeps up to
+# min_heartbeat_interval (default 5 s) before it looks again. On 2 cores most runs of the release DAG hit it once
+# (its two teardowns end together): release runs on the local stack took 7.4 s (median of 6, 5 of them with a
+# 5.3 s stall) and 3.9 s at 1 s (no stall over 1.4 s); bench_orchestration's probe, 2.38 -> 2.05 s outside the task
+# bodies. The cost: a running task heartbeats every second instead of every 5 (≈ 13 ms of the api-server's time
+# each, ≈ 1.3 % of a core per running task; the probe's CPU per run, 4.97 -> 5.3 s, is within its spread).
+SCHEDULING = {"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25", "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1"}
 
 
 def airflow_settings(home: Path, port: int) -> dict[str, str]:
