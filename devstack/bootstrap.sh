@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Installs what modelship needs on a fresh Debian/Ubuntu machine (as root), idempotently:
-# the system packages (Docker engine, Compose, registry, debootstrap tool, htpasswd, Node/npm for Azurite, git;
-# with --test, Chromium)
+# the system packages (Docker engine, Compose, registry, debootstrap tool and eatmydata, htpasswd, Node/npm for
+# Azurite, git; with --test, Chromium)
 # and .venv from the pinned requirements.txt. A second run with nothing to do takes about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # --test: also what only the test suite needs (Chromium, for the Airflow UI pages tested in a real browser);
 # `make up` leaves it out, so a first run does not wait for a browser it never starts.
-packages=(dockerd:docker.io docker-registry:docker-registry mmdebstrap:mmdebstrap htpasswd:apache2-utils
-          docker-compose:docker-compose npm:npm git:git)
+packages=(dockerd:docker.io docker-registry:docker-registry mmdebstrap:mmdebstrap eatmydata:eatmydata
+          htpasswd:apache2-utils docker-compose:docker-compose npm:npm git:git)
 [ "${1:-}" = --test ] && packages+=(chromium:chromium)
 missing=()
 for pair in "${packages[@]}"; do

@@ -7,6 +7,7 @@ made once per machine with mmdebstrap (≈ 20-30 s each) and cached as a tarball
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -20,6 +21,16 @@ if TYPE_CHECKING:
     import docker
 
 SUITE = "bookworm"
+EATMYDATA_HOOKS = Path("/usr/share/mmdebstrap/hooks/eatmydata")  # mmdebstrap's own, used when eatmydata is installed
+MEMORY = Path("/dev/shm")  # a tmpfs on Debian: where mmdebstrap builds its chroot when it has room
+
+
+def _room(folder: Path, needed: int) -> bool:
+    """Whether `folder` is a writable folder with `needed` bytes free (a root filesystem unpacked: ~0.5 GB)."""
+    try:
+        return os.access(folder, os.W_OK) and shutil.disk_usage(folder).free >= needed
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -46,11 +57,17 @@ class Rootfs:
         if not shutil.which("mmdebstrap"):
             raise StackError("mmdebstrap is not installed: run `make up` (apt: mmdebstrap)")
         print(f"  debootstrapping {self.name} ({', '.join(self.packages)})…", flush=True)
+        # The root filesystem only passes through on its way into the tarball: dpkg inside eatmydata (its fsyncs
+        # are for a system that must survive a crash) and, where there is room, the chroot in memory. Alone here:
+        # 27.5 s as mmdebstrap defaults, 22.6 s with eatmydata, 19.2 s with both; on a first `make up`, beside
+        # Airflow's start and Azurite's npm install, it also stays off the disk they write to. The same files.
+        eatmydata = [f"--hook-dir={EATMYDATA_HOOKS}"] if EATMYDATA_HOOKS.is_dir() and shutil.which("eatmydata") else []
+        env = {**os.environ, "TMPDIR": str(MEMORY)} if _room(MEMORY, 2 << 30) else None
         with atomic_path(out) as tmp:
             done = subprocess.run(
                 ["mmdebstrap", "--format=tar", "--variant=minbase", f"--include={','.join(self.packages)}",
-                 SUITE, str(tmp)],
-                capture_output=True, text=True,
+                 *eatmydata, SUITE, str(tmp)],
+                capture_output=True, text=True, env=env,
             )  # fmt: skip
             if done.returncode != 0:
                 raise StackError(f"mmdebstrap {self.name} failed:\n{done.stderr[-2000:]}")
