@@ -18,6 +18,7 @@ import secrets
 import shlex
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +77,10 @@ def airflow_settings(home: Path, port: int) -> dict[str, str]:
     base = f"http://127.0.0.1:{port}"
     return {
         **airflow_project(home),
+        # SQLite lets one writer in at a time; the others wait for the lock up to this many seconds (5 by default)
+        # and then fail the request with "database is locked". On a first `make demo`, with the scheduler catching
+        # up on its first runs, a REST trigger failed so (HTTP 500) after 5 s.
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home.resolve() / 'airflow.db'}?timeout=30",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
         # 32 workers by default would take 5.5 GB here; 4 is plenty for three DAGs.
@@ -185,19 +190,20 @@ class Stack:
             airflow = pool.submit(self._start_airflow, env)
             azurite = pool.submit(self._start_azurite)
             try:
-                self._start_engine_and_registry()
+                self._start_engine_and_registry(env)
             finally:
                 azurite.result()
                 start_scheduler = airflow.result()
         if start_scheduler:
             start_scheduler()
-            self.prepare_ci(env)
         self._print_login()
 
-    def _start_engine_and_registry(self) -> None:
+    def _start_engine_and_registry(self, env: dict[str, str]) -> None:
         was_running = self.docker.proc.pid() is not None and self.docker.ping()
         say("starting Docker engine (no bridge, host network)…")
         self.docker.start()
+        if not was_running:  # a new engine: it may have no test environment yet
+            self.prepare_ci(env)
         say("importing the local base image (no registry to pull from)…")
         self.docker.ensure_base_image()
         if not was_running:  # an engine that kept running lost no container (the next release heals the rest)
@@ -271,7 +277,8 @@ class Stack:
 
     def prepare_ci(self, env: dict[str, str]) -> None:
         """In the background, what the first ci run would otherwise start with (prepare_ci below); its log is
-        <state>/prepare/prepare-ci.log."""
+        <state>/prepare/prepare-ci.log. Started with the engine: it imports what it needs while the base image is
+        made, and builds as soon as that is in the engine."""
         if self.prepare.pid() is None:
             say("preparing the app's test environment in the background (the first ci run picks it up)")
             self.prepare.spawn([sys.executable, "-m", "devstack", "--state", str(self.state), "prepare-ci"],
@@ -318,10 +325,18 @@ def prepare_ci(checkout: Path = REPO_ROOT) -> None:
     the background; a ci run that starts meanwhile waits for the environment's build (apptests: one build of an
     environment at a time per cache) and finds it done. Wheels only: nothing of the checkout's code runs."""
     from modelship import apptests, images
+    from modelship.images.engine import api_of
     from modelship.settings import Settings
 
-    cache_dir = Settings.get().cache_dir
-    env = apptests.environment(checkout, cache_dir)
+    settings = Settings.get()
+    api = api_of(images.engine_client())
+    deadline = time.monotonic() + 900
+    while not api.images(name=settings.base_image):  # `make up` is importing it, debootstrapped first if need be
+        if time.monotonic() > deadline:
+            raise StackError(f"{settings.base_image} never reached the engine: see `make up`'s output")
+        time.sleep(1)
+    cache_dir = settings.cache_dir
+    env = apptests.environment(checkout, cache_dir, api)
     say(f"test environment {env.tag}: {'built' if env.built else 'already built'}")
     say(f"wheelhouse {images.wheelhouse(checkout / 'app' / 'requirements.txt', cache_dir)}: ready")
 
