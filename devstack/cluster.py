@@ -13,15 +13,14 @@ $K8S_LOCAL_HOME, default ~/.cache/k8s-local); later starts take ≈ 30 s.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from devstack import StackError
+from modelship.fs import locked
 from modelship.net import ensure_tcp_migrate_req
 
 KIT = Path(__file__).resolve().parent / "k8s-local"
@@ -88,13 +87,10 @@ class LocalCluster:
         )
         return done.returncode == 0
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
         # One user at a time builds, starts or stops it; the others wait here.
         self.home.mkdir(parents=True, exist_ok=True)
-        with open(self.home / "devstack.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
+        return locked(self.home / "devstack.lock")
 
     # -- leases ------------------------------------------------------------------------------------------
 

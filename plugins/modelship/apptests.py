@@ -24,14 +24,12 @@ Red tests, a requirement that cannot be met (or is refused), a timeout or the me
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +39,7 @@ import requests
 
 from modelpkg.atomic import atomic_dir
 from modelship import images
-from modelship.fs import link_tree, mark_used
+from modelship.fs import link_tree, locked, mark_used
 from modelship.images.engine import EngineUnavailable, api_of, engine_name
 from modelship.images.wheelhouse import INDEX_UNREACHABLE
 from modelship.retry import Transient
@@ -193,20 +191,13 @@ def environment(checkout: Path, cache_dir: Path, docker_like: DockerLike | None 
     return TestEnvironment(image=image, tag=tag, key=key, built=built, parallel=parallel)
 
 
-@contextlib.contextmanager
-def _one_build_at_a_time(cache_dir: Path, key: str, tag: str) -> Iterator[None]:
+def _one_build_at_a_time(cache_dir: Path, key: str, tag: str) -> contextlib.AbstractContextManager[None]:
     """Runs that share a cache (one worker, or `make up` preparing the environment ahead of the first ci run)
     wait for each other's build of an environment and then find it built, instead of building it twice at once.
     Workers with caches of their own can still build it together: _drop_if_superseded settles that."""
     lock = cache_dir / "testenv" / f".{key[:16]}.lock"  # a dotfile: retention leaves it alone
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:  # the lock goes with the file's closing, whatever happens meanwhile
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for %s: another run on this cache is building it", tag)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+    return locked(lock, on_wait=lambda: log.info("waiting for %s: another run on this cache is building it", tag))
 
 
 def _build_environment(api: docker.APIClient, paths: list[Path], pins: list[str], recipe: str, tag: str, key: str,

@@ -1,14 +1,16 @@
 """Copies that cost nothing where they can: hard links (model packages and wheelhouses are hundreds of MB).
 
 A hard link shares the bytes with the original, so never write into a linked file in place: replace it.
+Also what cache entries share: when one was last used, and a lock file processes take turns on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Touched inside a cache entry (a test environment, a wheelhouse) each time it is used: retention removes
@@ -29,6 +31,23 @@ def last_used(entry: Path) -> float:
         with contextlib.suppress(OSError):
             return path.stat().st_mtime
     return 0.0
+
+
+@contextlib.contextmanager
+def locked(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created if missing; its folder must exist) for the block; other
+    processes taking it wait. `on_wait` is called once when the lock is held elsewhere, before waiting. The lock
+    goes when the file is closed, however the block ends (a killed process included)."""
+    with open(path, "a") as handle:
+        if on_wait is None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        else:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                on_wait()
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> bool:

@@ -17,15 +17,13 @@ them from its environment, which only the git process and its children can read 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import hashlib
 import logging
 import os
 import re
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -34,6 +32,7 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from modelpkg.atomic import atomic_dir
 from modelship import retry
+from modelship.fs import locked
 from modelship.verdicts import Verdict
 
 log = logging.getLogger(__name__)
@@ -152,13 +151,6 @@ def head_commit(repo: str, branch: str) -> str:
     return out.split()[0]
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
 def mirror(repo: str, cache_dir: Path) -> Path:
     """A bare mirror of `repo`'s branches under cache_dir/git, fetched now (only what is new travels)."""
     # Keyed by the URL without credentials: a rotated token keeps its mirror.
@@ -166,7 +158,7 @@ def mirror(repo: str, cache_dir: Path) -> Path:
     if not (path / "HEAD").exists():
         with atomic_dir(path, keep_existing=True) as staging:
             _git("init", "-q", "--bare", str(staging))
-    with _locked(path / "modelship.lock"):
+    with locked(path / "modelship.lock"):
         _remote("fetch", repo, "--quiet", "--prune", "--no-tags", "{remote}", "+refs/heads/*:refs/heads/*",
                 cwd=path, timeout=600)  # fmt: skip
     return path

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from modelpkg.atomic import atomic_path, write_atomic
+from modelship.fs import locked
 from modelship.model_store.base import ModelStore
 from modelship.model_store.errors import ModelNotFound, ModelStoreError, _PreconditionFailed
 
@@ -31,16 +30,10 @@ class LocalModelStore(ModelStore):
     def _path(self, key: str) -> Path:
         return self.root / key
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
         # One lock for every conditional write: check-then-replace must not interleave between processes.
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".modelship.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return locked(self.root / ".modelship.lock")
 
     def _read(self, key: str) -> tuple[bytes, str] | None:
         try:
