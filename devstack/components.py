@@ -242,9 +242,10 @@ class DockerEngine:
             return False
         return True
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Running and answering once this returns; True when it was started now (False: it was running)."""
         if self.proc.pid() and self.ping():
-            return
+            return False
         if not shutil.which("dockerd"):
             raise StackError("dockerd is not installed: run `make up` (apt: docker.io)")
         if self.proc.pid() is None:
@@ -255,6 +256,7 @@ class DockerEngine:
             "--pidfile", str(self.state_dir / "dockerd.internal.pid"), "-H", self.url, "--log-level", "warn",
         ])  # fmt: skip
         wait_for(self.ping, "Docker engine", timeout=90, log=self.proc.log_file)
+        return True
 
     def stop(self) -> None:
         self.proc.stop(timeout=30)

@@ -199,14 +199,13 @@ class Stack:
         self._print_login()
 
     def _start_engine_and_registry(self, env: dict[str, str]) -> None:
-        was_running = self.docker.proc.pid() is not None and self.docker.ping()
         say("starting Docker engine (no bridge, host network)…")
-        self.docker.start()
-        if not was_running:  # a new engine: it may have no test environment yet
-            self.prepare_ci(env)
+        new_engine = self.docker.start()
+        if new_engine:  # it may have no test environment yet
+            self.start_prepare_ci(env)
         say("importing the local base image (no registry to pull from)…")
         self.docker.ensure_base_image()
-        if not was_running:  # an engine that kept running lost no container (the next release heals the rest)
+        if new_engine:  # an engine that kept running lost no container (the next release heals the rest)
             self.heal_release()
         say(f"starting registry on {self.registry.address} (htpasswd auth)…")
         self.registry.start()
@@ -275,7 +274,7 @@ class Stack:
 
         return start_scheduler
 
-    def prepare_ci(self, env: dict[str, str]) -> None:
+    def start_prepare_ci(self, env: dict[str, str]) -> None:
         """In the background, what the first ci run would otherwise start with (prepare_ci below); its log is
         <state>/prepare/prepare-ci.log. Started with the engine: it imports what it needs while the base image is
         made, and builds as soon as that is in the engine."""
